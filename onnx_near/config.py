@@ -1,0 +1,108 @@
+"""How a NEAR score is computed: one frozen dataclass holding every choice."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Union
+
+from .errors import ConfigError
+
+Rows = Union[int, Literal["square", "all"]]
+Device = Literal["auto", "cpu", "cuda"]
+TapMode = Literal["all", "activations"]
+
+DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Every option of a NEAR computation.
+
+    Attributes:
+        rows: rows per matrix. ``"square"`` (the paper's choice): as many rows as the
+            matrix has columns; an int: that many rows; ``"all"``: every row of the data.
+        repetitions: the score is the mean over this many repetitions, each with fresh rows.
+        seed: seeds the single generator behind all randomness (synthetic inputs, windows).
+        device: ``"auto"`` (CUDA when the session really gets it), ``"cuda"`` or ``"cpu"``.
+        taps: ``"all"`` (the authors' choice: every weighted-layer output and every
+            activation output) or ``"activations"`` (strict: only activation sites, with
+            the activation's input as ``pre`` and its output as ``post``).
+        shapes: per input name, the dims to use; ``None`` marks the batch dim, which
+            onnx-near sets itself when the model leaves it dynamic.
+        axes: per tap tensor (or tap name), the feature axis to use instead of the inferred one.
+        batch_size: samples per forward pass; ``None`` picks it from ``max_batch_bytes``.
+        max_batch_bytes: memory budget for the tap outputs of one forward pass.
+        samples: number of synthetic samples when ``rows="all"`` and no data is given.
+    """
+
+    rows: Rows = "square"
+    repetitions: int = 1
+    seed: int = 0
+    device: Device = "auto"
+    taps: TapMode = "all"
+    shapes: Mapping[str, tuple[int | None, ...]] = field(default_factory=dict)
+    axes: Mapping[str, int] = field(default_factory=dict)
+    batch_size: int | None = None
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows, bool) or not (
+            self.rows in ("square", "all") or (isinstance(self.rows, int) and self.rows >= 1)
+        ):
+            raise ConfigError(f"rows must be 'square', 'all' or a positive integer, not {self.rows!r}")
+        if not isinstance(self.repetitions, int) or self.repetitions < 1:
+            raise ConfigError(f"repetitions must be a positive integer, not {self.repetitions!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.taps not in ("all", "activations"):
+            raise ConfigError(f"taps must be 'all' or 'activations', not {self.taps!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer, not {self.batch_size!r}")
+        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
+            raise ConfigError(f"samples must be a positive integer, not {self.samples!r}")
+        if not isinstance(self.max_batch_bytes, int) or self.max_batch_bytes < 1:
+            raise ConfigError(f"max_batch_bytes must be a positive integer, not {self.max_batch_bytes!r}")
+
+
+def parse_rows(text: str) -> Rows:
+    """Parse the CLI's ``--rows`` value: ``square``, ``all`` or a positive integer."""
+    text = text.strip().lower()
+    if text in ("square", "all"):
+        return text  # type: ignore[return-value]
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(f"--rows must be 'square', 'all' or a positive integer, not {text!r}")
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int | None, ...]]:
+    """Parse ``NAME=1x3x32x32``; a leading ``N``, ``?`` or ``-1`` marks the batch dim."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise ConfigError(f"--shape expects NAME=D1xD2x..., e.g. input=Nx3x32x32, not {text!r}")
+    out: list[int | None] = []
+    for i, d in enumerate(re.split(r"[x,]", dims.strip())):
+        d = d.strip()
+        if i == 0 and d.lower() in ("n", "?", "-1", "batch"):
+            out.append(None)
+        elif d.isdigit() and int(d) > 0:
+            out.append(int(d))
+        else:
+            raise ConfigError(f"--shape {text!r}: dimension {d!r} is not a positive integer")
+    return name, tuple(out)
+
+
+def parse_axis(text: str) -> tuple[str, int]:
+    """Parse ``TENSOR=K`` for ``--axis``."""
+    name, sep, k = text.rpartition("=")
+    try:
+        return (name, int(k)) if sep and name else _bad_axis(text)
+    except ValueError:
+        return _bad_axis(text)
+
+
+def _bad_axis(text: str) -> tuple[str, int]:
+    raise ConfigError(f"--axis expects TENSOR=K with an integer axis K, not {text!r}")

@@ -1,0 +1,150 @@
+"""A read-only index over an ONNX graph: producers, consumers, constants and types.
+
+The rewrite and tap stages ask the same questions of a graph many times ("who makes this
+tensor?", "is it a constant?"); this index answers each in O(1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops whose output is random even when every input is constant.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+@dataclass
+class GraphIndex:
+    """Lookups over the main graph of ``model`` (subgraphs are not indexed)."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto] = field(init=False)
+    producer: dict[str, int] = field(init=False)
+    consumers: dict[str, list[int]] = field(init=False)
+    initializers: dict[str, onnx.TensorProto] = field(init=False)
+    constants: set[str] = field(init=False)
+    graph_inputs: list[str] = field(init=False)
+    graph_outputs: set[str] = field(init=False)
+    value_types: dict[str, onnx.TypeProto] = field(init=False)
+
+    def __post_init__(self) -> None:
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.initializers = {t.name: t for t in g.initializer}
+        self.producer = {}
+        self.consumers = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+            for name in n.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.graph_inputs = [v.name for v in g.input if v.name not in self.initializers]
+        self.graph_outputs = {v.name for v in g.output}
+        self.value_types = {}
+        for v in list(g.input) + list(g.value_info) + list(g.output):
+            if v.type.HasField("tensor_type"):
+                self.value_types[v.name] = v.type
+        self.constants = set(self.initializers)
+        for n in self.nodes:  # nodes of a valid graph are topologically sorted
+            ins = [x for x in n.input if x]
+            if n.op_type in _NONDETERMINISTIC or n.op_type in ("If", "Loop", "Scan"):
+                continue
+            if n.op_type == "Constant" or (ins and all(x in self.constants for x in ins)):
+                self.constants.update(o for o in n.output if o)
+
+    def is_const(self, name: str) -> bool:
+        """True when ``name`` is an initializer or computed from constants only."""
+        return name in self.constants
+
+    def node_of(self, tensor: str) -> onnx.NodeProto | None:
+        """The node producing ``tensor``, or None for graph inputs and initializers."""
+        i = self.producer.get(tensor)
+        return None if i is None else self.nodes[i]
+
+    def users(self, tensor: str) -> list[onnx.NodeProto]:
+        """Nodes of the main graph that read ``tensor``."""
+        return [self.nodes[i] for i in self.consumers.get(tensor, [])]
+
+    def label(self, i: int) -> str:
+        """A stable, human-readable name for node ``i``."""
+        n = self.nodes[i]
+        return n.name or f"{n.op_type}_{i}"
+
+    def elem_type(self, name: str) -> int:
+        """ONNX element type of ``name`` (0 when unknown)."""
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        t = self.value_types.get(name)
+        return t.tensor_type.elem_type if t is not None else 0
+
+    def rank(self, name: str) -> int | None:
+        """Declared rank of ``name``, or None when shape inference left it unknown."""
+        if name in self.initializers:
+            return len(self.initializers[name].dims)
+        t = self.value_types.get(name)
+        if t is None or not t.tensor_type.HasField("shape"):
+            return None
+        return len(t.tensor_type.shape.dim)
+
+    def dims(self, name: str) -> list[int | str | None] | None:
+        """Declared dims of ``name`` (int, symbolic name, or None), or None when unknown."""
+        if name in self.initializers:
+            return list(self.initializers[name].dims)
+        t = self.value_types.get(name)
+        if t is None or not t.tensor_type.HasField("shape"):
+            return None
+        out: list[int | str | None] = []
+        for d in t.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                out.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                out.append(d.dim_param)
+            else:
+                out.append(None)
+        return out
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """Value of a small constant (initializer or Constant node), else None."""
+        if name in self.initializers:
+            t = self.initializers[name]
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                return None
+            return numpy_helper.to_array(t)
+        n = self.node_of(name)
+        if n is not None and n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+                if a.name in ("value_float", "value_int"):
+                    return np.asarray(onnx.helper.get_attribute_value(a))
+                if a.name in ("value_floats", "value_ints"):
+                    return np.asarray(onnx.helper.get_attribute_value(a))
+        return None
+
+
+def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    """Value of attribute ``name`` of ``node``, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def parameter_count(index: GraphIndex) -> int:
+    """Learned parameters: elements of floating-point initializers.
+
+    BatchNormalization's running mean and variance are statistics, not parameters, and
+    are left out (as PyTorch counts them); integer initializers (shapes, indices) too.
+    """
+    stats = {n.input[k] for n in index.nodes if n.op_type == "BatchNormalization" for k in (3, 4) if len(n.input) > k}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    total = 0
+    for name, t in index.initializers.items():
+        if t.data_type in floats and name not in stats:
+            total += int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+    return total

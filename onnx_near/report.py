@@ -1,0 +1,236 @@
+"""Stage 6, report: the result objects and their table, JSON and CSV forms.
+
+Every report has one row per tap with fixed leading columns (index, name, op, role,
+tensor, shape, erank) and says which way the score points: higher is better.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+DIRECTION = "higher is better: a higher NEAR score predicts higher accuracy after training"
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    """The effective rank of one tap (mean over repetitions)."""
+
+    index: int
+    name: str
+    op: str
+    role: str
+    tensor: str
+    shape: tuple[int, int]  # matrix rows × columns
+    erank: float  # NaN when invalid
+    erank_std: float
+    axis: int
+    status: str = "ok"  # "ok" or "invalid"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tap, or a part of the graph, that could not be scored, and why."""
+
+    name: str
+    op: str
+    reason: str
+    tensor: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A NEAR score: the sum of the taps' effective ranks, mean and std over repetitions.
+
+    ``score`` is NaN when a tap is invalid (its activations hold NaN or Inf): such a tap
+    has no effective rank and is never counted as 0.
+    """
+
+    model: str
+    score: float
+    score_std: float
+    scores: tuple[float, ...]  # one total per repetition
+    repetitions: int
+    provider: str
+    seed: int
+    rows: str
+    taps: str
+    params: int
+    layers: tuple[LayerScore, ...]
+    skipped: tuple[Skipped, ...]
+    warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        """True when every tap has an effective rank."""
+        return all(l.status == "ok" for l in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``schema_version`` 1); NaN becomes null."""
+        from . import __version__
+
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": f"onnx-near {__version__}",
+            "model": self.model,
+            "score": _num(self.score),
+            "score_std": _num(self.score_std),
+            "scores": [_num(s) for s in self.scores],
+            "direction": DIRECTION,
+            "repetitions": self.repetitions,
+            "provider": self.provider,
+            "seed": self.seed,
+            "rows": self.rows,
+            "taps": self.taps,
+            "params": self.params,
+            "layers": [
+                {**asdict(l), "shape": list(l.shape), "erank": _num(l.erank), "erank_std": _num(l.erank_std)}
+                for l in self.layers
+            ],
+            "skipped": [asdict(s) for s in self.skipped],
+            "warnings": list(self.warnings),
+            "timings_s": {k: round(v, 6) for k, v in self.timings.items()},
+        }
+        return d
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """One row of the dry run: what would be tapped and how its matrix would be formed."""
+
+    index: int
+    name: str
+    op: str
+    role: str
+    tensor: str
+    shape: tuple[int | str | None, ...] | None  # declared tensor shape, when known
+    axis: int
+    axis_reason: str
+
+
+@dataclass(frozen=True)
+class LayersReport:
+    """The dry run (``onnx-near layers``): the taps of a model without running it."""
+
+    model: str
+    taps: str
+    params: int
+    inputs: tuple[tuple[str, str, tuple[int | str | None, ...] | None], ...]
+    layers: tuple[TapInfo, ...]
+    skipped: tuple[Skipped, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the dry run."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "taps": self.taps,
+            "params": self.params,
+            "inputs": [{"name": n, "dtype": t, "shape": list(s) if s is not None else None} for n, t, s in self.inputs],
+            "layers": [{**asdict(t), "shape": list(t.shape) if t.shape is not None else None} for t in self.layers],
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def to_json(report: ScoreResult | LayersReport) -> str:
+    """One JSON document."""
+    return json.dumps(report.to_dict(), indent=2)
+
+
+def score_table(r: ScoreResult) -> str:
+    """A human-readable table of a score."""
+    head = (
+        f"model {r.model}\nprovider {r.provider} · seed {r.seed} · {r.repetitions} repetition"
+        f"{'s' if r.repetitions != 1 else ''} · rows {r.rows} · taps {r.taps} · {r.params:,} parameters"
+    )
+    rows = [
+        (str(l.index), l.name, l.op, l.role, l.tensor, f"{l.shape[0]}×{l.shape[1]}",
+         _fmt(l.erank) + (f" ± {l.erank_std:.3f}" if r.repetitions > 1 and l.status == "ok" else "")
+         if l.status == "ok" else f"invalid: {l.reason}")
+        for l in r.layers
+    ]
+    lines = [head, "", _grid(("#", "layer", "op", "role", "tensor", "matrix", "erank"), rows), ""]
+    if r.valid:
+        lines.append(
+            f"NEAR score {_fmt(r.score)} ± {r.score_std:.3f} "
+            f"(sum of {len(r.layers)} effective ranks; higher is better)"
+        )
+    else:
+        bad = sum(l.status != "ok" for l in r.layers)
+        lines.append(f"NEAR score: none — {bad} tap(s) have NaN/Inf activations and no effective rank")
+    lines += _skipped_lines(r.skipped)
+    return "\n".join(lines)
+
+
+def layers_table(r: LayersReport) -> str:
+    """A human-readable table of the dry run."""
+    ins = ", ".join(f"{n} {t}[{_dims(s)}]" for n, t, s in r.inputs)
+    head = f"model {r.model}\ninputs {ins} · taps {r.taps} · {r.params:,} parameters"
+    rows = [
+        (str(t.index), t.name, t.op, t.role, t.tensor, _dims(t.shape), f"{t.axis} ({t.axis_reason})")
+        for t in r.layers
+    ]
+    lines = [head, "", _grid(("#", "layer", "op", "role", "tensor", "shape", "feature axis"), rows), "",
+             f"{len(r.layers)} taps would be scored"]
+    return "\n".join(lines + _skipped_lines(r.skipped))
+
+
+def score_csv(r: ScoreResult) -> str:
+    """One CSV row per tap."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "name", "op", "role", "tensor", "rows", "cols", "erank", "erank_std", "status", "reason"])
+    for l in r.layers:
+        w.writerow([l.index, l.name, l.op, l.role, l.tensor, l.shape[0], l.shape[1],
+                    "" if math.isnan(l.erank) else repr(l.erank),
+                    "" if math.isnan(l.erank_std) else repr(l.erank_std), l.status, l.reason or ""])
+    return buf.getvalue().rstrip("\n")
+
+
+def layers_csv(r: LayersReport) -> str:
+    """One CSV row per tap of the dry run."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "name", "op", "role", "tensor", "shape", "axis", "axis_reason"])
+    for t in r.layers:
+        w.writerow([t.index, t.name, t.op, t.role, t.tensor, _dims(t.shape), t.axis, t.axis_reason])
+    return buf.getvalue().rstrip("\n")
+
+
+def _skipped_lines(skipped: tuple[Skipped, ...]) -> list[str]:
+    if not skipped:
+        return []
+    return ["", "not scored:"] + [f"  {s.name} ({s.op}): {s.reason}" for s in skipped]
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.4f}"
+
+
+def _dims(s: tuple[int | str | None, ...] | None) -> str:
+    if s is None:
+        return "?"
+    return "×".join("?" if d is None else str(d) for d in s)
+
+
+def _grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [min(w, 48) for w in widths]
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(_clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]

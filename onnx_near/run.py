@@ -1,0 +1,96 @@
+"""Stage 3, run: execute the rewritten model with onnxruntime.
+
+The session is built once from the in-memory graph; external weights are read by
+onnxruntime from the model's own folder.  ``device="auto"`` asks for CUDA and keeps it
+only if the session really got it; the provider that ran is reported.  onnxruntime's own
+provider-loading noise is silenced and replaced by one clear log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import ModelLoadError, RunError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class Runner:
+    """An onnxruntime session over the rewritten model, returning the requested outputs."""
+
+    def __init__(self, model: onnx.ModelProto, base_dir: Path, device: str, outputs: Sequence[str], label: str = "model"):
+        self.outputs = list(outputs)
+        self.label = label
+        providers = [CPU] if device == "cpu" else [CUDA, CPU]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+        self.session = self._create(model, options, providers)
+        got = self.session.get_providers()
+        self.provider = got[0] if got else CPU
+        if device == "cuda" and self.provider != CUDA:
+            log.warning("CUDA was asked for but is not available to onnxruntime here; running on the CPU instead")
+        elif device == "auto" and self.provider != CUDA:
+            log.info("no usable CUDA device: running on the CPU")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def _create(self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        previous = 2
+        ort.set_default_logger_severity(4)  # silence provider-loading noise
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    return ort.InferenceSession(_serialize(model), options, providers=providers)
+                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                    lowered = _lower_ir_version(model, str(e))
+                    if lowered is None:
+                        raise
+                    return ort.InferenceSession(_serialize(lowered), options, providers=providers)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"onnxruntime cannot load {self.label}: {_ort_message(e)}") from e
+        finally:
+            ort.set_default_logger_severity(previous)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; return the requested outputs by name."""
+        try:
+            values = self.session.run(self.outputs, dict(feeds))
+        except Exception as e:  # noqa: BLE001
+            raise RunError(f"onnxruntime failed to run {self.label}: {_ort_message(e)}") from e
+        return dict(zip(self.outputs, values))
+
+
+def _serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString()
+
+
+def _lower_ir_version(model: onnx.ModelProto, message: str) -> onnx.ModelProto | None:
+    """A copy of ``model`` stamped with the highest IR version the runtime says it supports."""
+    m = re.search(r"max supported IR version:\s*(\d+)", message)
+    if not m or int(m.group(1)) >= model.ir_version:
+        return None
+    log.warning("the model's IR version %d is newer than onnxruntime supports; reading it as IR %s", model.ir_version, m.group(1))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.ir_version = int(m.group(1))
+    return out
+
+
+def _ort_message(e: BaseException) -> str:
+    """onnxruntime's message without its bracketed prefixes and source locations, on one line."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+\s*", "", text)
+    return text[:400] or type(e).__name__

@@ -1,0 +1,447 @@
+"""Find the taps of a graph: the tensors whose effective rank NEAR sums (SPEC §2).
+
+Two kinds of site are recognised in the main graph:
+
+* **weighted layers** — outputs of ops that apply learned weights: Conv, ConvTranspose,
+  Gemm, MatMul with a constant operand (or the ``Add`` of a constant bias right after it),
+  and the affine normalisations.  Role ``pre``.
+* **activations** — elementwise non-linearities, native (Relu, Gelu, …) or spelled out by
+  exporters as small patterns (SiLU = x·Sigmoid(x), GELU via Erf or Tanh, Mish,
+  HardSwish, Clip as ReLU6).  For a pattern, its input ``x`` is the pre-activation and
+  its final output the post-activation.
+
+In mode ``"all"`` (the authors' choice) the taps are every weighted-layer output (``pre``)
+and every activation output (``post``).  In mode ``"activations"`` (strict) they are the
+input (``pre``) and output (``post``) of every activation site.  A tensor is tapped once,
+whatever roles it plays.  What cannot be tapped is listed, with the reason.
+
+Each tap also gets its *feature axis* (SPEC §3): channels (axis 1) for tensors that come
+from convolutions and channel-wise ops, the last axis for dense/sequence tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex, attribute
+
+MS = "com.microsoft"
+
+# Native elementwise activations of the default domain, by op type.
+NATIVE_ACTIVATIONS = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh",
+    "Softplus", "Softsign", "HardSwish", "Mish", "Gelu", "ThresholdedRelu",
+}
+# Contrib activations of onnxruntime (com.microsoft).
+CONTRIB_ACTIVATIONS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+# Contrib ops with a fused activation: their pre-activation is not visible.
+FUSED_WITH_ACTIVATION = {"FusedConv", "FusedGemm"}
+
+# Ops applying learned weights whose output is a layer output.
+WEIGHTED = {
+    "Conv", "ConvTranspose", "Gemm", "BatchNormalization", "LayerNormalization",
+    "GroupNormalization", "InstanceNormalization",
+}
+_MATMULS = {("", "MatMul"), (MS, "FusedMatMul")}
+
+# Ops whose output has its features on axis 1 (N × C × spatial…).
+_CHANNEL_OPS = {
+    "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "LRN", "FusedConv", "QLinearConv", "ConvInteger", "DepthToSpace", "SpaceToDepth", "Resize",
+    "Upsample", "MaxUnpool", "RoiAlign",
+}
+# Ops whose output has its features on the last axis.
+_LAST_AXIS_OPS = {
+    "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "LayerNormalization", "Flatten", "Reshape",
+    "Gather", "Einsum", "SkipLayerNormalization", "Attention", "MultiHeadAttention",
+}
+# Ops between a pattern's input x and its non-linear core (x/√2, x + 0.044715·x³, softplus(x)…).
+_INNER_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Softplus", "Exp", "Log", "Neg", "Sqrt"}
+_GATE_CORES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish", "Erf": "GELU (erf)", "Tanh": "GELU (tanh)"}
+_CONTROL_FLOW = {"If", "Loop", "Scan"}
+
+
+@dataclass(frozen=True)
+class ActivationSite:
+    """One activation: ``pre`` goes in, ``post`` comes out; ``kind`` names the form."""
+
+    pre: str
+    post: str
+    kind: str
+    node: int  # index of the node producing ``post``
+    nodes: frozenset[int]
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """One weighted layer and the tensor holding its output."""
+
+    tensor: str
+    op: str
+    node: int
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor to score, with the roles it plays and the feature axis of its matrix."""
+
+    name: str  # the layer or activation it belongs to
+    op: str  # recognised op or pattern
+    role: str  # "pre", "post" or "pre+post"
+    tensor: str
+    node: int
+    axis: int  # feature axis (may be negative: counted from the end)
+    axis_reason: str
+    declared_shape: tuple[int | str | None, ...] | None
+    elem_type: int
+
+
+@dataclass(frozen=True)
+class Untappable:
+    """Something that looks scorable but cannot be tapped, and why."""
+
+    where: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TapPlan:
+    """The taps of a graph in topological order, and what could not be tapped."""
+
+    taps: tuple[Tap, ...]
+    untappable: tuple[Untappable, ...]
+
+
+def find_activations(index: GraphIndex) -> list[ActivationSite]:
+    """Every activation site of the main graph, exporter patterns first, then native ops."""
+    sites: list[ActivationSite] = []
+    claimed: set[int] = set()
+    for i, n in enumerate(index.nodes):
+        if n.domain in ("", "ai.onnx") and n.op_type in _GATE_CORES:
+            site = _match_gated(index, i)
+            if site is not None and not (site.nodes & claimed):
+                sites.append(site)
+                claimed |= site.nodes
+    for i, n in enumerate(index.nodes):
+        if i in claimed or not n.output or not n.input:
+            continue
+        kind = _native_kind(index, n)
+        if kind is not None:
+            sites.append(ActivationSite(n.input[0], n.output[0], kind, i, frozenset({i})))
+    return sorted(sites, key=lambda s: s.node)
+
+
+def _native_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:
+    if n.domain in ("", "ai.onnx"):
+        if n.op_type in NATIVE_ACTIVATIONS:
+            if n.op_type == "Gelu" and attribute(n, "approximate", b"none") in (b"tanh", "tanh"):
+                return "Gelu (tanh)"
+            return n.op_type
+        if n.op_type == "Clip":
+            return _clip_kind(index, n)
+    elif n.domain == MS and n.op_type in CONTRIB_ACTIVATIONS:
+        return f"{n.op_type} ({MS})"
+    return None
+
+
+def _clip_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:
+    """Clip(x, 0, max) is a ReLU-like activation (ReLU6 when max is 6); other clips are not."""
+    lo: object
+    hi: object
+    if len(n.input) > 1 or not any(a.name in ("min", "max") for a in n.attribute):
+        lo = _scalar(index, n.input[1]) if len(n.input) > 1 and n.input[1] else None
+        hi = _scalar(index, n.input[2]) if len(n.input) > 2 and n.input[2] else None
+    else:
+        lo, hi = attribute(n, "min"), attribute(n, "max")
+    if lo is None or float(lo) != 0.0:  # type: ignore[arg-type]
+        return None
+    if hi is not None and float(hi) == 6.0:  # type: ignore[arg-type]
+        return "ReLU6 (Clip)"
+    return "Clip(0, max)"
+
+
+def _scalar(index: GraphIndex, name: str) -> float | None:
+    v = index.const_value(name)
+    if v is None or v.size != 1:
+        return None
+    return float(np.asarray(v).reshape(()))
+
+
+def _other_input(n: onnx.NodeProto, t: str) -> str | None:
+    ins = list(n.input)
+    if len(ins) != 2 or ins.count(t) != 1:
+        return None
+    return ins[1] if ins[0] == t else ins[0]
+
+
+def _inner_closure(index: GraphIndex, start: str, depth: int = 10) -> set[str]:
+    """``start`` and the tensors it is computed from through scalar-style ops (x/√2, x³…)."""
+    seen = {start}
+    frontier = [start]
+    for _ in range(depth):
+        nxt: list[str] = []
+        for t in frontier:
+            p = index.node_of(t)
+            if p is None or p.domain not in ("", "ai.onnx") or p.op_type not in _INNER_OPS:
+                continue
+            for x in p.input:
+                if x and not index.is_const(x) and x not in seen:
+                    seen.add(x)
+                    nxt.append(x)
+        frontier = nxt
+    return seen
+
+
+def _strip_scale(index: GraphIndex, t: str, targets: set[str]) -> str | None:
+    """Follow ``t`` back through multiplications by constants until it reaches ``targets``."""
+    for _ in range(4):
+        if t in targets:
+            return t
+        p = index.node_of(t)
+        if p is None or p.op_type not in ("Mul", "Div") or len(p.input) != 2:
+            return None
+        a, b = p.input
+        if index.is_const(b):
+            t = a
+        elif p.op_type == "Mul" and index.is_const(a):
+            t = b
+        else:
+            return None
+    return t if t in targets else None
+
+
+def _match_gated(index: GraphIndex, core: int) -> ActivationSite | None:
+    """Match ``x · f(g(x))`` around the core node (Sigmoid, HardSigmoid, Erf or Tanh).
+
+    Walks forward from the core through constant shifts/scales (``1 + erf``) until a
+    ``Mul`` with ``x`` (or ``c·x``) gates it, then through constant scalings (``· 0.5``).
+    Returns None when no gate is found (a plain Sigmoid or Tanh stays a native activation).
+    """
+    n = index.nodes[core]
+    if not n.input or not n.output:
+        return None
+    u = n.input[0]
+    ancestors = _inner_closure(index, u)
+    t = n.output[0]
+    nodes = {core}
+    x: str | None = None
+    while t not in index.graph_outputs:
+        users = index.consumers.get(t, [])
+        if len(users) != 1:
+            break
+        j = users[0]
+        m = index.nodes[j]
+        other = _other_input(m, t)
+        if m.domain not in ("", "ai.onnx") or m.op_type not in ("Add", "Sub", "Mul", "Div") or other is None:
+            break
+        if index.is_const(other):
+            if m.op_type == "Div" and m.input[0] != t:
+                break
+            if x is not None and m.op_type not in ("Mul", "Div"):
+                break
+        elif x is None and m.op_type == "Mul":
+            x = _strip_scale(index, other, ancestors)
+            if x is None:
+                break
+        else:
+            break
+        nodes.add(j)
+        t = m.output[0]
+    if x is None:
+        return None
+    # The nodes computing the core's input from x belong to the pattern too.
+    inner = _path_nodes(index, u, x)
+    nodes |= inner
+    kind = _GATE_CORES[n.op_type]
+    if n.op_type == "Tanh":
+        ops = {index.nodes[i].op_type for i in inner}
+        kind = "Mish" if ops & {"Softplus", "Exp", "Log"} else "GELU (tanh)"
+    # Scale nodes between x and the gate (0.5·x) belong to the pattern as well.
+    return ActivationSite(pre=x, post=t, kind=kind, node=max(nodes), nodes=frozenset(nodes))
+
+
+def _path_nodes(index: GraphIndex, start: str, stop: str) -> set[int]:
+    """Producers of the tensors between ``stop`` (excluded) and ``start`` (included)."""
+    out: set[int] = set()
+    frontier = [start]
+    while frontier:
+        t = frontier.pop()
+        if t == stop:
+            continue
+        i = index.producer.get(t)
+        if i is None or i in out or index.nodes[i].op_type not in _INNER_OPS:
+            continue
+        out.add(i)
+        frontier.extend(x for x in index.nodes[i].input if x and not index.is_const(x))
+    return out
+
+
+def find_layers(index: GraphIndex) -> list[LayerSite]:
+    """Every weighted-layer output of the main graph."""
+    sites: list[LayerSite] = []
+    for i, n in enumerate(index.nodes):
+        if not n.output or not n.output[0]:
+            continue
+        key = (n.domain if n.domain != "ai.onnx" else "", n.op_type)
+        if key[0] == "" and n.op_type in WEIGHTED:
+            sites.append(LayerSite(n.output[0], n.op_type, i))
+        elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION:
+            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
+        elif key in _MATMULS and any(index.is_const(x) for x in n.input[:2]):
+            if all(index.is_const(x) for x in n.input[:2]):
+                continue
+            sites.append(_with_bias(index, n.output[0], n.op_type, i))
+    return sites
+
+
+def _with_bias(index: GraphIndex, out: str, op: str, i: int) -> LayerSite:
+    """A MatMul followed by ``Add`` of a constant bias: the layer output is the Add's."""
+    users = index.consumers.get(out, [])
+    if len(users) == 1 and out not in index.graph_outputs:
+        j = users[0]
+        m = index.nodes[j]
+        other = _other_input(m, out)
+        if m.op_type == "Add" and m.domain in ("", "ai.onnx") and other is not None and index.is_const(other):
+            return LayerSite(m.output[0], f"{op}+Add", j)
+    return LayerSite(out, op, i)
+
+
+def find_untappable(index: GraphIndex) -> list[Untappable]:
+    """What the taps cannot see: control-flow bodies and fused pre-activations."""
+    out: list[Untappable] = []
+    for i, n in enumerate(index.nodes):
+        if n.op_type in _CONTROL_FLOW:
+            inside = sorted(_scorable_ops_in_subgraphs(n))
+            if inside:
+                out.append(Untappable(
+                    index.label(i), n.op_type,
+                    f"{len(inside)} weighted/activation op(s) inside its body ({', '.join(sorted(set(inside)))}) "
+                    "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
+                ))
+        elif n.domain == MS and n.op_type in FUSED_WITH_ACTIVATION:
+            act = attribute(n, "activation", b"")
+            act = act.decode() if isinstance(act, bytes) else str(act)
+            out.append(Untappable(
+                index.label(i), f"{n.op_type} ({MS})",
+                f"the pre-activation before its fused {act or 'activation'} is not exposed by the fused op; "
+                "only its output is tapped",
+            ))
+    return out
+
+
+def _scorable_ops_in_subgraphs(n: onnx.NodeProto) -> list[str]:
+    found: list[str] = []
+    for a in n.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for m in g.node:
+                if m.op_type in WEIGHTED or m.op_type in NATIVE_ACTIVATIONS or m.op_type == "MatMul":
+                    found.append(m.op_type)
+                if m.op_type in _CONTROL_FLOW:
+                    found.extend(_scorable_ops_in_subgraphs(m))
+    return found
+
+
+def feature_axes(index: GraphIndex) -> dict[str, tuple[int, str]]:
+    """Feature axis of every tensor of the main graph, with the reason it was chosen.
+
+    Propagated in topological order: channel-wise ops (Conv, BatchNorm, pooling…) put the
+    features on axis 1; dense ops (Gemm, MatMul, LayerNorm, Flatten…) on the last axis;
+    elementwise ops keep the axis of their first non-constant input; Transpose moves it.
+    """
+    axes: dict[str, tuple[int, str]] = {}
+    for i, n in enumerate(index.nodes):
+        if not n.output:
+            continue
+        label = index.label(i)
+        out = n.output[0]
+        if n.op_type in _CHANNEL_OPS:
+            value = (1, f"{n.op_type} output has channels on axis 1")
+        elif n.op_type in _LAST_AXIS_OPS:
+            value = (-1, f"{n.op_type} output has features on the last axis")
+        elif n.op_type == "Transpose":
+            value = _through_transpose(index, n, axes, label)
+        else:
+            src = next((axes[x] for x in n.input if x in axes and not index.is_const(x)), None)
+            if src is None:
+                continue
+            value = (src[0], src[1] if src[1].startswith("from ") else f"from {src[1]}")
+        for o in n.output:
+            if o:
+                axes[o] = value
+    return axes
+
+
+def _through_transpose(
+    index: GraphIndex, n: onnx.NodeProto, axes: Mapping[str, tuple[int, str]], label: str
+) -> tuple[int, str]:
+    src = axes.get(n.input[0])
+    perm = attribute(n, "perm")
+    rank = index.rank(n.input[0])
+    if src is None or perm is None:
+        return (-1, f"Transpose {label}: axis unknown, last axis assumed")
+    a = src[0] if src[0] >= 0 or rank is None else src[0] + rank
+    if a < 0:
+        a = len(perm) + a  # type: ignore[arg-type]
+    new = list(perm).index(a)  # type: ignore[arg-type]
+    return (new, f"Transpose {label} moves the features to axis {new}")
+
+
+def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | None = None) -> TapPlan:
+    """The taps of the graph for ``mode`` ("all" or "activations"), in topological order.
+
+    ``axes`` overrides the inferred feature axis, keyed by tap tensor or tap name.
+    """
+    activations = find_activations(index)
+    roles: dict[str, list[str]] = {}
+    meta: dict[str, tuple[str, str, int]] = {}
+
+    def add(tensor: str, role: str, name: str, op: str, node: int) -> None:
+        if tensor in index.graph_inputs or tensor in index.constants or not tensor:
+            return
+        if role not in roles.setdefault(tensor, []):
+            roles[tensor].append(role)
+        if tensor not in meta or (role == "post"):
+            meta[tensor] = (name, op, node)
+
+    if mode == "all":
+        for s in find_layers(index):
+            add(s.tensor, "pre", index.label(s.node), s.op, s.node)
+    for a in activations:
+        if mode == "activations":
+            producer = index.producer.get(a.pre)
+            add(a.pre, "pre", index.label(producer) if producer is not None else a.pre, _op_of(index, a.pre), producer if producer is not None else -1)
+        add(a.post, "post", index.label(a.node), a.kind, a.node)
+    inferred = feature_axes(index)
+    overrides = dict(axes or {})
+    taps: list[Tap] = []
+    for tensor, rs in roles.items():
+        name, op, node = meta[tensor]
+        if tensor in overrides or name in overrides:
+            axis, reason = overrides.get(tensor, overrides.get(name, -1)), "set by the user"
+        elif tensor in inferred:
+            axis, reason = inferred[tensor]
+        else:
+            axis, reason = -1, "no layout known: last axis assumed"
+        dims = index.dims(tensor)
+        role = "+".join(r for r in ("pre", "post") if r in rs)
+        taps.append(Tap(name, op, role, tensor, index.producer.get(tensor, -1), axis, reason,
+                        tuple(dims) if dims is not None else None, index.elem_type(tensor)))
+    taps.sort(key=lambda t: (t.node, t.tensor))
+    return TapPlan(tuple(taps), tuple(find_untappable(index)))
+
+
+def _op_of(index: GraphIndex, tensor: str) -> str:
+    n = index.node_of(tensor)
+    return n.op_type if n is not None else "input"
+
+
+def tensors(plan: TapPlan) -> Iterable[str]:
+    """The tap tensor names of ``plan``, in order."""
+    return (t.tensor for t in plan.taps)
