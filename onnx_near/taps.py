@@ -362,16 +362,16 @@ def feature_axes(index: GraphIndex) -> dict[str, tuple[int, str]]:
         label = index.label(i)
         out = n.output[0]
         if n.op_type in _CHANNEL_OPS:
-            value = (1, f"{n.op_type} output has channels on axis 1")
+            value = (1, f"{n.op_type} output: channels on axis 1")
         elif n.op_type in _LAST_AXIS_OPS:
-            value = (-1, f"{n.op_type} output has features on the last axis")
+            value = (-1, f"{n.op_type} output: features on the last axis")
         elif n.op_type == "Transpose":
             value = _through_transpose(index, n, axes, label)
         else:
             src = next((axes[x] for x in n.input if x in axes and not index.is_const(x)), None)
             if src is None:
                 continue
-            value = (src[0], src[1] if src[1].startswith("from ") else f"from {src[1]}")
+            value = src
         for o in n.output:
             if o:
                 axes[o] = value
@@ -385,12 +385,12 @@ def _through_transpose(
     perm = attribute(n, "perm")
     rank = index.rank(n.input[0])
     if src is None or perm is None:
-        return (-1, f"Transpose {label}: axis unknown, last axis assumed")
+        return (-1, "after a Transpose of unknown layout: last axis assumed")
     a = src[0] if src[0] >= 0 or rank is None else src[0] + rank
     if a < 0:
         a = len(perm) + a  # type: ignore[arg-type]
     new = list(perm).index(a)  # type: ignore[arg-type]
-    return (new, f"Transpose {label} moves the features to axis {new}")
+    return (new, f"Transpose {label} moved the features to axis {new}")
 
 
 def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | None = None) -> TapPlan:

@@ -1,0 +1,138 @@
+"""The CLI through click's runner: every format, and one clean sentence for bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+import onnx_near
+from onnx_near.cli import main
+
+from builders import mlp, model, save, tensor
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+CNN = str(MODELS / "cnn.onnx")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_table_output() -> None:
+    """The table lists every tap and the total, and says higher is better."""
+    code, out, _ = run("score", CNN)
+    assert code == 0
+    assert "NEAR score" in out and "higher is better" in out
+    assert out.count("Relu") >= 2 and "BatchNormalization" in out
+
+
+def test_json_output_has_the_documented_keys() -> None:
+    """One JSON document with the keys every later tool relies on."""
+    code, out, _ = run("score", CNN, "--format", "json", "--repetitions", "2", "--seed", "5")
+    assert code == 0
+    d = json.loads(out)
+    for key in ("schema_version", "score", "score_std", "repetitions", "provider", "seed", "layers", "skipped", "params"):
+        assert key in d
+    assert d["repetitions"] == 2 and d["seed"] == 5 and d["provider"] == "CPUExecutionProvider"
+    for layer in d["layers"]:
+        assert {"name", "op", "role", "tensor", "shape", "erank"} <= set(layer)
+    assert d["score"] == pytest.approx(sum(l["erank"] for l in d["layers"]))
+
+
+def test_csv_output() -> None:
+    """One CSV row per tap."""
+    code, out, _ = run("score", CNN, "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 7 and rows[0]["role"] == "pre" and float(rows[0]["erank"]) > 0
+
+
+def test_cli_and_api_give_the_same_score() -> None:
+    """The CLI is a thin layer over onnx_near.score."""
+    code, out, _ = run("score", CNN, "--format", "json", "--seed", "2", "--rows", "12")
+    api = onnx_near.score(CNN, seed=2, rows=12)
+    assert code == 0 and json.loads(out)["score"] == api.score
+
+
+def test_data_option_and_output_file(tmp_path: Path) -> None:
+    """--data takes an .npz keyed by input name; --output writes the document to a file."""
+    target = tmp_path / "r.json"
+    code, out, _ = run("score", CNN, "--data", str(MODELS / "cnn.inputs.npz"), "--rows", "all", "--format", "json", "-o", str(target))
+    assert code == 0 and out == ""
+    golden = json.loads((MODELS / "cnn.golden.json").read_text())
+    assert json.loads(target.read_text())["score"] == pytest.approx(golden["total"], rel=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_layers_dry_run(fmt: str) -> None:
+    """`layers` lists the taps and their feature axes without running the model."""
+    code, out, _ = run("layers", str(MODELS / "transformer.onnx"), "--format", fmt)
+    assert code == 0
+    if fmt == "json":
+        d = json.loads(out)
+        assert len(d["layers"]) == 20 and d["inputs"][0]["name"] == "input_ids"
+        assert {l["axis"] for l in d["layers"]} == {-1}
+    else:
+        assert "GELU (erf)" in out
+
+
+def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    text = tmp / "notes.onnx"
+    text.write_text("this is not a model\n" * 20)
+    truncated = tmp / "truncated.onnx"
+    truncated.write_bytes((MODELS / "cnn.onnx").read_bytes()[:3000])
+    add_only = save(model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])]), tmp / "add.onnx")
+    dense = str(save(mlp(), tmp / "mlp.onnx"))
+    np.savez(tmp / "wrong_name.npz", pixels=np.zeros((4, 6), np.float32))
+    np.save(tmp / "wrong_shape.npy", np.zeros((4, 7), np.float32))
+    np.save(tmp / "wrong_dtype.npy", np.zeros((16, 12), np.float64))
+    np.save(tmp / "few.npy", np.zeros((3, 6), np.float32))
+    nan = np.zeros((16, 6), np.float32)
+    nan[2, 3] = np.nan
+    np.save(tmp / "nan.npy", nan)
+    return {
+        "missing file": ["score", str(tmp / "nope.onnx")],
+        "not onnx": ["score", str(text)],
+        "truncated onnx": ["score", str(truncated)],
+        "no taps": ["score", str(add_only)],
+        "wrong input name": ["score", dense, "--data", str(tmp / "wrong_name.npz")],
+        "wrong input shape": ["score", dense, "--data", str(tmp / "wrong_shape.npy")],
+        "wrong input dtype": ["score", str(MODELS / "transformer.onnx"), "--data", str(tmp / "wrong_dtype.npy")],
+        "too few rows": ["score", dense, "--data", str(tmp / "few.npy"), "--rows", "8"],
+        "nan in data": ["score", dense, "--data", str(tmp / "nan.npy")],
+        "bad rows value": ["score", dense, "--rows", "many"],
+        "bad shape option": ["score", dense, "--shape", "x=Nxfoo"],
+        "unknown shape input": ["score", dense, "--shape", "pixels=Nx6"],
+        "missing data file": ["score", dense, "--data", str(tmp / "nope.npz")],
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "missing file", "not onnx", "truncated onnx", "no taps", "wrong input name", "wrong input shape",
+    "wrong input dtype", "too few rows", "nan in data", "bad rows value", "bad shape option",
+    "unknown shape input", "missing data file",
+])
+def test_bad_input_gives_one_sentence_and_no_traceback(tmp_path: Path, case: str) -> None:
+    """Bad input exits with code 2, one line on stderr, nothing on stdout, no traceback."""
+    args = _bad_inputs(tmp_path)[case]
+    code, out, err = run(*args)
+    assert code == 2, err
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnx-near: error: "), err
+
+
+def test_failed_run_writes_no_output_file(tmp_path: Path) -> None:
+    """When scoring fails, --output is not created (nothing written half-way)."""
+    target = tmp_path / "out.json"
+    code, _, _ = run("score", str(tmp_path / "nope.onnx"), "-o", str(target))
+    assert code == 2 and not target.exists()

@@ -1,0 +1,84 @@
+"""The effective-rank core against closed forms (Roy & Vetterli 2007, SPEC §1)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnx_near.erank import effective_rank, erank_from_singular_values
+from onnx_near.errors import NonFiniteMatrixError
+
+
+def _erank_closed_form(sigmas: list[float]) -> float:
+    total = sum(sigmas)
+    return math.exp(-sum((s / total) * math.log(s / total) for s in sigmas if s > 0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_identity_has_erank_n(n: int) -> None:
+    """erank(I_n) = n."""
+    assert effective_rank(np.eye(n)) == pytest.approx(n, rel=1e-12)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.9, -0.4])
+def test_circulant_closed_form(rho: float) -> None:
+    """The 4×4 circulant [1, ρ, ρ², ρ] has singular values (1+|ρ|)², 1−ρ², 1−ρ², (1−|ρ|)²."""
+    row = [1.0, rho, rho**2, rho]
+    a = np.array([np.roll(row, k) for k in range(4)])
+    r = abs(rho)
+    expected = _erank_closed_form([(1 + r) ** 2, 1 - rho**2, 1 - rho**2, (1 - r) ** 2])
+    assert effective_rank(a) == pytest.approx(expected, rel=1e-12)
+
+
+def test_rank_one_matrix_has_erank_one() -> None:
+    """An outer product has one non-zero singular value: erank 1."""
+    u = np.arange(1.0, 6.0)
+    assert effective_rank(np.outer(u, u[:3])) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_zero_matrix_has_erank_zero() -> None:
+    """Σσ = 0 gives erank 0 (SPEC §1)."""
+    assert effective_rank(np.zeros((5, 3))) == 0.0
+    assert erank_from_singular_values(np.zeros(4)) == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_matrix_has_no_erank(bad: float) -> None:
+    """A matrix holding NaN or Inf is refused, never scored as 0."""
+    a = np.eye(3)
+    a[1, 2] = bad
+    with pytest.raises(NonFiniteMatrixError):
+        effective_rank(a)
+
+
+def test_invariant_to_row_and_column_order_and_transpose() -> None:
+    """erank depends only on which rows are chosen, not their order or the orientation."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 7)) * np.linspace(0.1, 3.0, 7)
+    base = effective_rank(a)
+    assert effective_rank(a[rng.permutation(12)]) == pytest.approx(base, rel=1e-12)
+    assert effective_rank(a[:, rng.permutation(7)]) == pytest.approx(base, rel=1e-12)
+    assert effective_rank(a.T) == pytest.approx(base, rel=1e-12)
+
+
+def test_float32_input_is_computed_in_float64() -> None:
+    """A float32 matrix gives the float64 value of the same numbers."""
+    rng = np.random.default_rng(1)
+    a32 = rng.standard_normal((50, 20)).astype(np.float32)
+    assert effective_rank(a32) == effective_rank(a32.astype(np.float64))
+
+
+def test_not_centred_or_scaled() -> None:
+    """The matrix is used as is: scaling leaves erank unchanged, a shift changes it."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((30, 10))
+    assert effective_rank(7.5 * a) == pytest.approx(effective_rank(a), rel=1e-12)
+    assert effective_rank(a + 5.0) < effective_rank(a)
+
+
+def test_rejects_non_matrices() -> None:
+    """Only 2-D input is a matrix."""
+    with pytest.raises(ValueError):
+        effective_rank(np.ones(3))

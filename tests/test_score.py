@@ -1,0 +1,218 @@
+"""The scoring pipeline end to end: sampling, determinism, modes, inputs, external data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_near
+from onnx_near.errors import InputDataError, ModelLoadError, NoTapsError
+from onnx_near.matrices import Collector, draw_blocks, geometry, to_rows, window_samples
+
+from builders import mlp, model, save, tensor, weight
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_same_seed_same_score_bit_for_bit() -> None:
+    """The same model, data and seed give the same score, bit for bit."""
+    a = onnx_near.score(MODELS / "cnn.onnx", seed=3, repetitions=2)
+    b = onnx_near.score(MODELS / "cnn.onnx", seed=3, repetitions=2)
+    assert a.scores == b.scores
+    assert [l.erank for l in a.layers] == [l.erank for l in b.layers]
+    c = onnx_near.score(MODELS / "cnn.onnx", seed=4, repetitions=2)
+    assert c.scores != a.scores
+
+
+def test_square_matrices_by_default() -> None:
+    """Each matrix has as many rows as columns (the paper's choice)."""
+    r = onnx_near.score(MODELS / "transformer.onnx")
+    assert all(l.shape[0] == l.shape[1] for l in r.layers)
+    assert {l.shape[1] for l in r.layers} == {32, 64, 5}
+
+
+def test_repetitions_mean_and_std() -> None:
+    """The score is the mean of the repetitions' totals, with their sample standard deviation."""
+    r = onnx_near.score(MODELS / "mlp.onnx", repetitions=4, seed=0)
+    assert len(r.scores) == 4 and len(set(r.scores)) == 4
+    assert r.score == pytest.approx(np.mean(r.scores))
+    assert r.score_std == pytest.approx(np.std(r.scores, ddof=1))
+    for l in r.layers:
+        assert l.erank_std >= 0
+
+
+def test_rows_all_is_not_random() -> None:
+    """With all rows of the user's data, the seed changes nothing."""
+    data = MODELS / "cnn.inputs.npz"
+    a = onnx_near.score(MODELS / "cnn.onnx", data=data, rows="all", seed=0)
+    b = onnx_near.score(MODELS / "cnn.onnx", data=data, rows="all", seed=9)
+    assert a.score == b.score
+    assert a.layers[0].shape == (32 * 16 * 16, 8)
+
+
+def test_explicit_row_count() -> None:
+    """--rows N gives N×C matrices."""
+    r = onnx_near.score(MODELS / "cnn.onnx", rows=40)
+    assert all(l.shape[0] == 40 for l in r.layers)
+
+
+def test_batch_size_does_not_change_the_score() -> None:
+    """Streaming batch by batch keeps exactly the rows a single pass would."""
+    a = onnx_near.score(MODELS / "cnn.onnx", seed=1, batch_size=1)
+    b = onnx_near.score(MODELS / "cnn.onnx", seed=1, batch_size=64)
+    assert a.scores == b.scores
+
+
+def test_strict_mode_taps_activation_sites_only() -> None:
+    """taps='activations': the ReLU inputs (BN outputs) and outputs; convs and the final Gemm are not taps."""
+    r = onnx_near.score(MODELS / "cnn.onnx", taps="activations")
+    assert [(l.op, l.role) for l in r.layers] == [
+        ("BatchNormalization", "pre"), ("Relu", "post"), ("BatchNormalization", "pre"), ("Relu", "post"),
+    ]
+
+
+def test_synthetic_token_ids_stay_within_the_vocabulary() -> None:
+    """Integer inputs read by an embedding table get ids below the table's size."""
+    from onnx_near.graph import GraphIndex
+    from onnx_near.inputs import input_specs, synthesise
+    from onnx_near.rewrite import infer_shapes
+
+    index = GraphIndex(infer_shapes(onnx.load(str(MODELS / "transformer.onnx"))))
+    (spec,) = input_specs(index, {}, None)
+    assert spec.vocab == 50 and spec.sample_shape == (12,)
+    ids = synthesise(spec, 1000, np.random.default_rng(0))
+    assert ids.dtype == np.int64 and ids.min() == 0 and ids.max() == 49
+
+
+def test_nan_activations_make_the_layer_invalid(tmp_path: Path) -> None:
+    """A tap with NaN activations has no erank: reported invalid with the reason, score NaN (not 0)."""
+    m = mlp()
+    w = onnx.numpy_helper.to_array(m.graph.initializer[1]).copy()
+    w[0, 0] = np.nan
+    m.graph.initializer[1].CopyFrom(weight("w2", w))
+    r = onnx_near.score(save(m, tmp_path / "nan.onnx"))
+    status = {l.name: l.status for l in r.layers}
+    assert status == {"fc1": "ok", "act": "ok", "fc2": "invalid"}
+    assert "NaN" in (r.layers[2].reason or "")
+    assert math.isnan(r.score) and not r.valid
+    assert json.loads(onnx_near.report.to_json(r))["score"] is None
+
+
+def test_too_few_samples_for_square_warns_and_goes_rectangular(tmp_path: Path) -> None:
+    """With 5 samples and 8 neurons the matrix is 5×8 and a warning says so."""
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    r = onnx_near.score(save(mlp(), tmp_path / "m.onnx"), data=x)
+    assert r.layers[0].shape == (5, 8)
+    assert r.warnings and "square" in r.warnings[0]
+
+
+def test_too_few_samples_for_explicit_rows_is_an_error(tmp_path: Path) -> None:
+    """Asking for more rows than the data holds is an error naming the tap."""
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    with pytest.raises(InputDataError, match="--rows 10"):
+        onnx_near.score(save(mlp(), tmp_path / "m.onnx"), data=x, rows=10)
+
+
+def test_external_data_is_read_from_the_model_folder(tmp_path: Path) -> None:
+    """Weights in an external file load by path; nothing is written beside the model or in the cwd."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(mlp(), str(folder / "ext.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    before = sorted(os.listdir(folder))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        r = onnx_near.score(folder / "ext.onnx")
+    finally:
+        os.chdir(old)
+    assert sorted(os.listdir(folder)) == before and os.listdir(cwd) == []
+    inline = onnx_near.score(save(mlp(), tmp_path / "inline.onnx"))
+    assert r.score == inline.score
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    """An external location that escapes the model's folder is refused."""
+    m = mlp()
+    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    m2 = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    for t in m2.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.bin"
+    (tmp_path / "sub").mkdir()
+    onnx.save(m2, str(tmp_path / "sub" / "escape.onnx"))
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        onnx_near.score(tmp_path / "sub" / "escape.onnx")
+
+
+def test_fixed_batch_model(tmp_path: Path) -> None:
+    """A model whose batch dim is fixed at 4 is fed batches of 4 (the last one padded)."""
+    r = onnx_near.score(save(mlp(batch=4), tmp_path / "b4.onnx"), seed=0)
+    assert [l.shape for l in r.layers] == [(8, 8), (8, 8), (3, 3)]
+
+
+def test_newer_ir_version_is_read(tmp_path: Path) -> None:
+    """A model stamped with an IR version newer than onnxruntime's is still scored."""
+    m = mlp()
+    m.ir_version = 14
+    assert onnx_near.score(save(m, tmp_path / "ir14.onnx")).score > 0
+
+
+def test_dynamic_dimension_needs_a_shape(tmp_path: Path) -> None:
+    """A dynamic non-batch dim must be given; with --shape the model scores."""
+    w = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    m = model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+              [tensor("x", ["N", "T", 4])], [tensor("y", ["N", "T", 5])], [weight("w", w)])
+    path = save(m, tmp_path / "seq.onnx")
+    with pytest.raises(InputDataError, match=r"--shape x=NxDx4"):
+        onnx_near.score(path)
+    r = onnx_near.score(path, shapes={"x": (None, 3, 4)})
+    assert [l.shape for l in r.layers] == [(5, 5), (5, 5)]
+
+
+def test_model_without_taps(tmp_path: Path) -> None:
+    """A graph with no weighted layer and no activation is refused with NoTapsError."""
+    m = model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])])
+    with pytest.raises(NoTapsError):
+        onnx_near.score(save(m, tmp_path / "add.onnx"))
+
+
+def test_axis_override(tmp_path: Path) -> None:
+    """--axis TENSOR=K makes axis K the columns."""
+    tap = "/features/features.0/Conv_output_0"
+    r = onnx_near.score(MODELS / "cnn.onnx", axes={tap: 2})
+    assert r.layers[0].axis == 2 and r.layers[0].shape == (16, 16)
+
+
+def test_collector_keeps_exactly_the_block() -> None:
+    """Streaming small batches through the collector gives the rows of one full pass."""
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((6, 3, 4, 5)).astype(np.float32)  # N, C, H, W
+    g = geometry(full.shape, 1, 6)
+    assert (g.cols, g.rows_per_sample, g.line) == (3, 20, 5)
+    blocks = draw_blocks({"t": g}, 7, 6, np.random.default_rng(1))
+    assert blocks["t"].start % 5 == 0
+    c = Collector({"t": g}, blocks)
+    for lo in range(0, 6, 2):
+        if lo < c.samples_needed:
+            c.add(lo, lo + 2, {"t": full[lo : lo + 2]})
+    assert c.complete()
+    b = blocks["t"]
+    np.testing.assert_array_equal(c.matrices["t"], to_rows(full, 1)[b.start : b.start + b.count])
+
+
+def test_window_is_as_small_as_the_taps_allow() -> None:
+    """Square matrices need ceil(C / rows-per-sample) samples for the most demanding tap."""
+    geoms = {"conv": geometry((1, 16, 8, 8), 1, 1), "dense": geometry((1, 10), -1, 1)}
+    assert window_samples(geoms, "square", None, None) == 10
+    assert window_samples(geoms, "square", 4, None) == 4
+    assert window_samples(geoms, "all", 100, None) == 100
