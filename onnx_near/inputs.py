@@ -158,7 +158,7 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputDataError(f"data file {str(path)!r} does not exist")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # .npy: read lazily, batch by batch
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputDataError(f"data file {str(path)!r} is not a readable .npy or .npz file") from e
     if isinstance(loaded, np.ndarray):
@@ -182,7 +182,7 @@ def check_data(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict
             raise InputDataError(f"input {s.name!r} expects integer ({s.dtype}) values such as token ids, the data holds {a.dtype}")
         if want == "b" and kind != "b":
             raise InputDataError(f"input {s.name!r} expects bool values, the data holds {a.dtype}")
-        if kind == "f" and not np.isfinite(a).all():
+        if kind == "f" and not _all_finite(a):
             raise InputDataError(f"input {s.name!r} holds NaN or Inf values; give finite data")
         if want in "iu" and kind in "iu":
             info = np.iinfo(s.dtype)
@@ -194,6 +194,12 @@ def check_data(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict
                 )
         out[s.name] = a
     return out
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """True when ``a`` holds no NaN/Inf, checked in chunks (``a`` may be memory-mapped)."""
+    flat = a.reshape(-1)
+    return all(bool(np.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.size, chunk))
 
 
 class Source:

@@ -68,7 +68,10 @@ _CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 @dataclass(frozen=True)
 class ActivationSite:
-    """One activation: ``pre`` goes in, ``post`` comes out; ``kind`` names the form."""
+    """One activation: ``pre`` goes in, ``post`` comes out; ``kind`` names the form.
+
+    ``pre`` is "" when a fused op hides it (FusedConv/FusedGemm with an activation).
+    """
 
     pre: str
     post: str
@@ -131,10 +134,22 @@ def find_activations(index: GraphIndex) -> list[ActivationSite]:
     for i, n in enumerate(index.nodes):
         if i in claimed or not n.output or not n.input:
             continue
+        fused = _fused_activation(n)
+        if fused:  # the pre-activation is hidden inside the fused op ("" = not visible)
+            sites.append(ActivationSite("", n.output[0], f"{n.op_type}+{fused} ({MS})", i, frozenset({i})))
+            continue
         kind = _native_kind(index, n)
         if kind is not None:
             sites.append(ActivationSite(n.input[0], n.output[0], kind, i, frozenset({i})))
     return sorted(sites, key=lambda s: s.node)
+
+
+def _fused_activation(n: onnx.NodeProto) -> str:
+    """The activation fused into a com.microsoft FusedConv/FusedGemm node ("" if none)."""
+    if n.domain != MS or n.op_type not in FUSED_WITH_ACTIVATION:
+        return ""
+    act = attribute(n, "activation", b"")
+    return act.decode() if isinstance(act, bytes) else str(act)
 
 
 def _native_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:
@@ -198,12 +213,17 @@ def _inner_closure(index: GraphIndex, start: str, depth: int = 10) -> set[str]:
     return seen
 
 
-def _strip_scale(index: GraphIndex, t: str, targets: set[str]) -> str | None:
-    """Follow ``t`` back through multiplications by constants until it reaches ``targets``."""
+def _strip_scale(index: GraphIndex, t: str, targets: set[str]) -> tuple[str, set[int]] | None:
+    """Follow ``t`` back through multiplications by constants until it reaches ``targets``.
+
+    Returns the tensor reached and the scaling nodes passed on the way.
+    """
+    passed: set[int] = set()
     for _ in range(4):
         if t in targets:
-            return t
-        p = index.node_of(t)
+            return t, passed
+        i = index.producer.get(t)
+        p = index.nodes[i] if i is not None else None
         if p is None or p.op_type not in ("Mul", "Div") or len(p.input) != 2:
             return None
         a, b = p.input
@@ -213,7 +233,20 @@ def _strip_scale(index: GraphIndex, t: str, targets: set[str]) -> str | None:
             t = b
         else:
             return None
-    return t if t in targets else None
+        passed.add(i)  # type: ignore[arg-type]
+    return (t, passed) if t in targets else None
+
+
+def _only_from(index: GraphIndex, start: str, x: str, depth: int = 10) -> bool:
+    """True when ``start`` is computed from ``x`` and constants alone, through scalar-style ops."""
+    if start == x:
+        return True
+    if depth == 0:
+        return False
+    p = index.node_of(start)
+    if p is None or p.domain not in ("", "ai.onnx") or p.op_type not in _INNER_OPS:
+        return False
+    return all(index.is_const(i) or _only_from(index, i, x, depth - 1) for i in p.input if i)
 
 
 def _match_gated(index: GraphIndex, core: int) -> ActivationSite | None:
@@ -231,6 +264,7 @@ def _match_gated(index: GraphIndex, core: int) -> ActivationSite | None:
     t = n.output[0]
     nodes = {core}
     x: str | None = None
+    scales: set[int] = set()
     while t not in index.graph_outputs:
         users = index.consumers.get(t, [])
         if len(users) != 1:
@@ -246,9 +280,11 @@ def _match_gated(index: GraphIndex, core: int) -> ActivationSite | None:
             if x is not None and m.op_type not in ("Mul", "Div"):
                 break
         elif x is None and m.op_type == "Mul":
-            x = _strip_scale(index, other, ancestors)
-            if x is None:
+            found = _strip_scale(index, other, ancestors)
+            if found is None or not _only_from(index, u, found[0]):
                 break
+            x, scales = found
+            nodes |= scales
         else:
             break
         nodes.add(j)
@@ -261,8 +297,7 @@ def _match_gated(index: GraphIndex, core: int) -> ActivationSite | None:
     kind = _GATE_CORES[n.op_type]
     if n.op_type == "Tanh":
         ops = {index.nodes[i].op_type for i in inner}
-        kind = "Mish" if ops & {"Softplus", "Exp", "Log"} else "GELU (tanh)"
-    # Scale nodes between x and the gate (0.5·x) belong to the pattern as well.
+        kind = "Mish" if ops & {"Softplus", "Exp", "Log"} else "GELU (tanh)" if ops & {"Pow", "Mul"} else "x·Tanh(x)"
     return ActivationSite(pre=x, post=t, kind=kind, node=max(nodes), nodes=frozenset(nodes))
 
 
@@ -291,7 +326,7 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
         key = (n.domain if n.domain != "ai.onnx" else "", n.op_type)
         if key[0] == "" and n.op_type in WEIGHTED:
             sites.append(LayerSite(n.output[0], n.op_type, i))
-        elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION:
+        elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION and not _fused_activation(n):
             sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
         elif key in _MATMULS and any(index.is_const(x) for x in n.input[:2]):
             if all(index.is_const(x) for x in n.input[:2]):
@@ -324,9 +359,8 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
                     f"{len(inside)} weighted/activation op(s) inside its body ({', '.join(sorted(set(inside)))}) "
                     "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
                 ))
-        elif n.domain == MS and n.op_type in FUSED_WITH_ACTIVATION:
-            act = attribute(n, "activation", b"")
-            act = act.decode() if isinstance(act, bytes) else str(act)
+        elif _fused_activation(n):
+            act = _fused_activation(n)
             out.append(Untappable(
                 index.label(i), f"{n.op_type} ({MS})",
                 f"the pre-activation before its fused {act or 'activation'} is not exposed by the fused op; "
@@ -414,7 +448,7 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
         for s in find_layers(index):
             add(s.tensor, "pre", index.label(s.node), s.op, s.node)
     for a in activations:
-        if mode == "activations":
+        if mode == "activations" and a.pre:
             producer = index.producer.get(a.pre)
             add(a.pre, "pre", index.label(producer) if producer is not None else a.pre, _op_of(index, a.pre), producer if producer is not None else -1)
         add(a.post, "post", index.label(a.node), a.kind, a.node)

@@ -136,3 +136,18 @@ def test_failed_run_writes_no_output_file(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     code, _, _ = run("score", str(tmp_path / "nope.onnx"), "-o", str(target))
     assert code == 2 and not target.exists()
+
+
+def test_cuda_requested_without_a_gpu_says_so_in_one_line() -> None:
+    """--device cuda where the session cannot get CUDA: one clear line, then the CPU runs it."""
+    import onnxruntime as ort
+
+    code, out, err = run("score", CNN, "--device", "cuda", "--format", "json")
+    assert code == 0
+    provider = json.loads(out)["provider"]
+    if provider == "CUDAExecutionProvider":  # a machine with a working GPU: nothing to warn about
+        assert err == ""
+        return
+    assert provider == "CPUExecutionProvider"
+    assert err.strip().splitlines() == ["onnx-near: WARNING: CUDA was asked for but is not available to onnxruntime here; running on the CPU instead"]
+    assert "CPUExecutionProvider" in ort.get_available_providers()
