@@ -25,7 +25,11 @@ NAMES = ["mlp", "cnn", "transformer", "sklearn_mlp"]
 
 def whole_process(model: Path, runs: int) -> float:
     exe = shutil.which("onnx-near") or sys.executable
-    cmd = [exe, "score", str(model), "--format", "json"] if exe != sys.executable else [exe, "-m", "onnx_near.cli", "score", str(model), "--format", "json"]
+    cmd = (
+        [exe, "score", str(model), "--format", "json"]
+        if exe != sys.executable
+        else [exe, "-m", "onnx_near.cli", "score", str(model), "--format", "json"]
+    )
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -46,14 +50,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'model':12s} {'CLI (s)':>8s} {'API (ms)':>9s} {'load+rewrite':>13s} {'session':>8s} {'forward':>8s} {'erank':>7s}")
+    print(
+        f"{'model':12s} {'CLI (s)':>8s} {'API (ms)':>9s} {'load+rewrite':>13s} {'session':>8s} {'forward':>8s} {'erank':>7s}"
+    )
     for name in NAMES:
         path = MODELS / f"{name}.onnx"
         wall = whole_process(path, args.runs)
         t = in_process(path, args.runs)
         ms = {k: 1000 * v for k, v in t.items()}
-        print(f"{name:12s} {wall:8.3f} {ms['total']:9.1f} {ms['load_rewrite']:11.1f}ms {ms['session']:6.1f}ms "
-              f"{ms['forward']:6.1f}ms {ms['erank']:5.1f}ms")
+        print(
+            f"{name:12s} {wall:8.3f} {ms['total']:9.1f} {ms['load_rewrite']:11.1f}ms {ms['session']:6.1f}ms "
+            f"{ms['forward']:6.1f}ms {ms['erank']:5.1f}ms"
+        )
 
 
 if __name__ == "__main__":

@@ -180,8 +180,14 @@ class EncoderBlock(nn.Module):
 
 class TinyEncoder(nn.Module):
     def __init__(
-        self, vocab: int = 50, seq_len: int = 12, dim: int = 32, heads: int = 2,
-        hidden: int = 64, depth: int = 2, classes: int = 5,
+        self,
+        vocab: int = 50,
+        seq_len: int = 12,
+        dim: int = 32,
+        heads: int = 2,
+        hidden: int = 64,
+        depth: int = 2,
+        classes: int = 5,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
@@ -206,13 +212,16 @@ def torch_goldens(model: nn.Module, x: torch.Tensor) -> tuple[list[Tap], torch.T
     def make_hook(name: str, role: str) -> Callable[..., None]:
         def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
             m = tap_matrix_torch(out.detach().clone())
-            taps.append({
-                "module": name,
-                "type": type(module).__name__,
-                "role": role,
-                "shape": list(m.shape),
-                "erank": erank_torch(m),
-            })
+            taps.append(
+                {
+                    "module": name,
+                    "type": type(module).__name__,
+                    "role": role,
+                    "shape": list(m.shape),
+                    "erank": erank_torch(m),
+                }
+            )
+
         return hook
 
     handles = []
@@ -230,8 +239,9 @@ def torch_goldens(model: nn.Module, x: torch.Tensor) -> tuple[list[Tap], torch.T
     return taps, y
 
 
-def export_torch(model: nn.Module, x: torch.Tensor, path: Path, input_name: str,
-                 output_name: str, keep_batchnorm: bool = False) -> None:
+def export_torch(
+    model: nn.Module, x: torch.Tensor, path: Path, input_name: str, output_name: str, keep_batchnorm: bool = False
+) -> None:
     """TorchScript-based export (dynamo=False), opset 17, dynamic dim 0 on input and output."""
     kwargs: dict[str, Any] = {}
     if keep_batchnorm:
@@ -242,8 +252,13 @@ def export_torch(model: nn.Module, x: torch.Tensor, path: Path, input_name: str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (x,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=[input_name], output_names=[output_name],
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=[output_name],
             dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
             **kwargs,
         )
@@ -259,12 +274,20 @@ def sklearn_goldens(clf: Any, x32: np.ndarray) -> tuple[list[Tap], np.ndarray]:
     n_layers = len(clf.coefs_)
     for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
         z = a @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
-        taps.append({"module": f"coefs_[{i}]", "type": "Dense", "role": "pre",
-                     "shape": list(z.shape), "erank": erank_numpy(z)})
+        taps.append(
+            {"module": f"coefs_[{i}]", "type": "Dense", "role": "pre", "shape": list(z.shape), "erank": erank_numpy(z)}
+        )
         if i < n_layers - 1:
             a = np.maximum(z, 0.0)
-            taps.append({"module": f"relu[{i}]", "type": "ReLU", "role": "post",
-                         "shape": list(a.shape), "erank": erank_numpy(a)})
+            taps.append(
+                {
+                    "module": f"relu[{i}]",
+                    "type": "ReLU",
+                    "role": "post",
+                    "shape": list(a.shape),
+                    "erank": erank_numpy(a),
+                }
+            )
     z = z - z.max(axis=1, keepdims=True)
     proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     return taps, proba
@@ -319,8 +342,9 @@ def write_golden(name: str, framework: str, opset: int, taps: list[Tap]) -> None
 # --------------------------------------------------------------------------- builders
 
 
-def build_torch_model(name: str, model: nn.Module, data: np.ndarray, input_name: str,
-                      keep_batchnorm: bool = False) -> None:
+def build_torch_model(
+    name: str, model: nn.Module, data: np.ndarray, input_name: str, keep_batchnorm: bool = False
+) -> None:
     model.eval()
     x = torch.from_numpy(data)
     taps, y = torch_goldens(model, x)
@@ -362,19 +386,18 @@ def build_transformer() -> None:
 
 
 def build_sklearn_mlp() -> None:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
 
     digits = load_digits()
     x = digits.data / 16.0
     x_train, y_train = x[:1500], digits.target[:1500]
     x_test = x[1500:].astype(np.float32)
 
-    clf = MLPClassifier(hidden_layer_sizes=(32, 16), activation="relu", max_iter=300,
-                        random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(32, 16), activation="relu", max_iter=300, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_train, y_train)
@@ -384,8 +407,7 @@ def build_sklearn_mlp() -> None:
 
     # Default conversion options (ZipMap on); main-domain opset pinned to 17 like the torch
     # models (skl2onnx would otherwise pick opset 22, which needs IR version 11).
-    onx = to_onnx(clf, initial_types=[("input", FloatTensorType([None, 64]))],
-                  target_opset=OPSET)
+    onx = to_onnx(clf, initial_types=[("input", FloatTensorType([None, 64]))], target_opset=OPSET)
     onnx_path = OUT_DIR / "sklearn_mlp.onnx"
     onnx_path.write_bytes(onx.SerializeToString())
     proto = cap_ir_version(onnx_path)
@@ -403,7 +425,7 @@ def main() -> None:
     torch.set_num_threads(1)  # bit-stable float32 reductions across machines
     for build in (build_mlp, build_cnn, build_transformer, build_sklearn_mlp):
         build()
-        print(f"built {build.__name__[len('build_'):]}")
+        print(f"built {build.__name__[len('build_') :]}")
 
 
 if __name__ == "__main__":

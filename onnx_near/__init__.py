@@ -28,7 +28,21 @@ from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
 from .score import describe, score
 
 __all__ = [
-    "__version__", "score", "describe", "effective_rank", "ScoreConfig", "ScoreResult", "LayerScore",
-    "LayersReport", "TapInfo", "Skipped", "NearError", "ModelLoadError", "GraphError", "NoTapsError",
-    "InputDataError", "ConfigError", "RunError",
+    "ConfigError",
+    "GraphError",
+    "InputDataError",
+    "LayerScore",
+    "LayersReport",
+    "ModelLoadError",
+    "NearError",
+    "NoTapsError",
+    "RunError",
+    "ScoreConfig",
+    "ScoreResult",
+    "Skipped",
+    "TapInfo",
+    "__version__",
+    "describe",
+    "effective_rank",
+    "score",
 ]

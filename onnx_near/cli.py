@@ -42,11 +42,13 @@ def _guarded(fn: F) -> F:
             sys.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
+        except Exception as e:
             if debug:
                 raise
             msg = " ".join(str(e).split())[:300]
-            click.echo(f"onnx-near: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", err=True)
+            click.echo(
+                f"onnx-near: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", err=True
+            )
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -82,9 +84,19 @@ def _common(fn: F) -> F:
     fn = click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="Log errors only.")(fn)
     fn = click.option("--verbose", "-v", count=True, help="More log output on stderr (-vv for debug).")(fn)
-    fn = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file instead of stdout.")(fn)
-    fn = click.option("--axis", "axes", multiple=True, metavar="TENSOR=K", help="Feature axis of a tap tensor (overrides the inferred one).")(fn)
-    fn = click.option("--strict", is_flag=True, help="Tap activation sites only (pre = activation input, post = its output).")(fn)
+    fn = click.option(
+        "--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file instead of stdout."
+    )(fn)
+    fn = click.option(
+        "--axis",
+        "axes",
+        multiple=True,
+        metavar="TENSOR=K",
+        help="Feature axis of a tap tensor (overrides the inferred one).",
+    )(fn)
+    fn = click.option(
+        "--strict", is_flag=True, help="Tap activation sites only (pre = activation input, post = its output)."
+    )(fn)
     return fn
 
 
@@ -100,26 +112,72 @@ def main() -> None:
 
 @main.command("score")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(dir_okay=False), help="Input data: .npy (one input) or .npz keyed by input name. Default: synthetic inputs.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME=NxD1x...", help="Dims of a dynamic input, e.g. input=Nx3x32x32 (N: batch).")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    help="Input data: .npy (one input) or .npz keyed by input name. Default: synthetic inputs.",
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=NxD1x...",
+    help="Dims of a dynamic input, e.g. input=Nx3x32x32 (N: batch).",
+)
 @click.option("--rows", default="square", show_default=True, help="Rows per matrix: square, all, or a number.")
-@click.option("--repetitions", "-r", default=1, show_default=True, type=int, help="Repetitions (fresh rows each); the score is their mean.")
+@click.option(
+    "--repetitions",
+    "-r",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Repetitions (fresh rows each); the score is their mean.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the one generator behind all randomness.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True, help="Where onnxruntime runs the model.")
-@click.option("--batch-size", type=int, default=None, help="Samples per forward pass (default: chosen from a 256 MiB budget).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="Where onnxruntime runs the model.",
+)
+@click.option(
+    "--batch-size", type=int, default=None, help="Samples per forward pass (default: chosen from a 256 MiB budget)."
+)
 @click.option("--samples", type=int, default=None, help="Synthetic samples to use with --rows all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_common
 @_guarded
-def score_cmd(model: str, data: str | None, shapes: tuple[str, ...], rows: str, repetitions: int, seed: int, device: str,
-              batch_size: int | None, samples: int | None, fmt: str, strict: bool, axes: tuple[str, ...],
-              output: str | None, verbose: int, quiet: bool, debug: bool) -> None:
+def score_cmd(
+    model: str,
+    data: str | None,
+    shapes: tuple[str, ...],
+    rows: str,
+    repetitions: int,
+    seed: int,
+    device: str,
+    batch_size: int | None,
+    samples: int | None,
+    fmt: str,
+    strict: bool,
+    axes: tuple[str, ...],
+    output: str | None,
+    verbose: int,
+    quiet: bool,
+    debug: bool,
+) -> None:
     """Score MODEL (an .onnx file): per-tap effective ranks and their sum."""
     _setup_logging(verbose, quiet)
     config = ScoreConfig(
-        rows=parse_rows(rows), repetitions=repetitions, seed=seed, device=device,  # type: ignore[arg-type]
-        taps="activations" if strict else "all", shapes=dict(parse_shape(s) for s in shapes),
-        axes=dict(parse_axis(a) for a in axes), batch_size=batch_size, samples=samples,
+        rows=parse_rows(rows),
+        repetitions=repetitions,
+        seed=seed,
+        device=device,  # type: ignore[arg-type]
+        taps="activations" if strict else "all",
+        shapes=dict(parse_shape(s) for s in shapes),
+        axes=dict(parse_axis(a) for a in axes),
+        batch_size=batch_size,
+        samples=samples,
     )
     result = score(model, data=data, config=config)
     _emit({"table": score_table, "json": to_json, "csv": score_csv}[fmt](result), output)
@@ -130,7 +188,16 @@ def score_cmd(model: str, data: str | None, shapes: tuple[str, ...], rows: str, 
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @_common
 @_guarded
-def layers_cmd(model: str, fmt: str, strict: bool, axes: tuple[str, ...], output: str | None, verbose: int, quiet: bool, debug: bool) -> None:
+def layers_cmd(
+    model: str,
+    fmt: str,
+    strict: bool,
+    axes: tuple[str, ...],
+    output: str | None,
+    verbose: int,
+    quiet: bool,
+    debug: bool,
+) -> None:
     """List what would be tapped in MODEL, and each tap's feature axis, without running it."""
     _setup_logging(verbose, quiet)
     report = describe(model, taps="activations" if strict else "all", axes=dict(parse_axis(a) for a in axes))

@@ -7,13 +7,21 @@ tensor?", "is it a constant?"); this index answers each in O(1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 # Ops whose output is random even when every input is constant.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
 
 
 @dataclass
@@ -127,7 +135,7 @@ class GraphIndex:
         return None
 
 
-def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     """Value of attribute ``name`` of ``node``, or ``default``."""
     for a in node.attribute:
         if a.name == name:

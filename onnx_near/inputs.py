@@ -15,7 +15,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import onnx
@@ -41,7 +41,9 @@ class InputSpec:
     vocab: int | None  # for integer inputs read by an embedding table
 
 
-def input_specs(index: GraphIndex, shapes: Mapping[str, tuple[int | None, ...]], data: Mapping[str, np.ndarray] | None) -> list[InputSpec]:
+def input_specs(
+    index: GraphIndex, shapes: Mapping[str, tuple[int | None, ...]], data: Mapping[str, np.ndarray] | None
+) -> list[InputSpec]:
     """The model's inputs with every dimension resolved.
 
     Dynamic dims come from ``shapes`` (``--shape``), else from the user's data; the batch
@@ -74,7 +76,7 @@ def input_specs(index: GraphIndex, shapes: Mapping[str, tuple[int | None, ...]],
             for k, (g, d) in enumerate(zip(given, dims)):
                 if k > 0 and isinstance(d, int) and d > 0 and g != d:
                     raise InputDataError(f"--shape for {name!r} sets axis {k} to {g}, but the model fixes it at {d}")
-            dims = [dims[0]] + list(given[1:])
+            dims = [dims[0], *list(given[1:])]
         if arr is not None:
             if arr.ndim != len(dims):
                 raise InputDataError(
@@ -86,7 +88,7 @@ def input_specs(index: GraphIndex, shapes: Mapping[str, tuple[int | None, ...]],
                     raise InputDataError(
                         f"input {name!r} expects shape {_fmt_dims(dims)}, the data has {tuple(arr.shape)} (axis {k} differs)"
                     )
-            dims = [dims[0]] + list(arr.shape[1:])
+            dims = [dims[0], *list(arr.shape[1:])]
         sample: list[int] = []
         for k, d in enumerate(dims[1:], start=1):
             if not (isinstance(d, int) and d > 0):
@@ -111,9 +113,10 @@ def _vocab(index: GraphIndex, name: str) -> int | None:
             for n in index.users(t):
                 if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and index.is_const(n.input[0]):
                     d = index.dims(n.input[0])
-                    axis = int(attribute(n, "axis", 0))  # type: ignore[arg-type]
-                    if d and isinstance(d[axis], int):
-                        sizes.append(int(d[axis]))  # type: ignore[arg-type]
+                    axis = int(attribute(n, "axis", 0))
+                    size = d[axis] if d else None
+                    if isinstance(size, int):
+                        sizes.append(size)
                 elif n.op_type in _PASS_THROUGH and n.input and n.input[0] == t:
                     for o in n.output:
                         if o and o not in seen:
@@ -142,7 +145,9 @@ def read_data(data: DataArg, input_names: list[str]) -> dict[str, np.ndarray] | 
         arrays = {input_names[0]: arrays[""]}
     for k in arrays:
         if k not in input_names:
-            raise InputDataError(f"the data holds an array named {k!r}, but the model's inputs are {_listing(input_names)}")
+            raise InputDataError(
+                f"the data holds an array named {k!r}, but the model's inputs are {_listing(input_names)}"
+            )
     for k in input_names:
         if k not in arrays:
             raise InputDataError(f"the data has no array for input {k!r}; it holds {_listing(sorted(arrays))}")
@@ -179,7 +184,9 @@ def check_data(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict
         if kind not in "biuf":
             raise InputDataError(f"input {s.name!r} expects {s.dtype} values, the data holds {a.dtype}")
         if want in "iu" and kind == "f":
-            raise InputDataError(f"input {s.name!r} expects integer ({s.dtype}) values such as token ids, the data holds {a.dtype}")
+            raise InputDataError(
+                f"input {s.name!r} expects integer ({s.dtype}) values such as token ids, the data holds {a.dtype}"
+            )
         if want == "b" and kind != "b":
             raise InputDataError(f"input {s.name!r} expects bool values, the data holds {a.dtype}")
         if kind == "f" and not _all_finite(a):
@@ -216,7 +223,9 @@ class Source:
                         "unknown; give data with --data"
                     )
                 if s.dtype.kind not in "biuf":
-                    raise InputDataError(f"input {s.name!r} has dtype {s.dtype}, which onnx-near cannot synthesise; give data with --data")
+                    raise InputDataError(
+                        f"input {s.name!r} has dtype {s.dtype}, which onnx-near cannot synthesise; give data with --data"
+                    )
 
     @property
     def n_samples(self) -> int | None:
@@ -233,10 +242,13 @@ class Source:
     def probe(self, batch: int) -> dict[str, np.ndarray]:
         """Feeds of ``batch`` samples used only to learn the tap shapes (no randomness)."""
         if self.arrays is not None:
-            return {s.name: _pad(np.asarray(self.arrays[s.name][:batch]), batch).astype(s.dtype, copy=False) for s in self.specs}
+            return {
+                s.name: _pad(np.asarray(self.arrays[s.name][:batch]), batch).astype(s.dtype, copy=False)
+                for s in self.specs
+            }
         return {s.name: np.zeros((batch, *s.sample_shape), dtype=s.dtype) for s in self.specs}
 
-    def window(self, start: int, count: int, rng: np.random.Generator) -> "Window":
+    def window(self, start: int, count: int, rng: np.random.Generator) -> Window:
         """Samples ``start .. start+count`` of the data, or ``count`` fresh synthetic ones."""
         return Window(self, start, count, rng)
 
@@ -256,7 +268,9 @@ class Window:
         feeds: dict[str, np.ndarray] = {}
         for s in self.source.specs:
             if self.source.arrays is not None:
-                a = np.asarray(self.source.arrays[s.name][self.start + lo : self.start + hi]).astype(s.dtype, copy=False)
+                a = np.asarray(self.source.arrays[s.name][self.start + lo : self.start + hi]).astype(
+                    s.dtype, copy=False
+                )
             else:
                 a = synthesise(s, hi - lo, self.rng)
             feeds[s.name] = _pad(a, pad_to) if pad_to else a
@@ -285,11 +299,11 @@ def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"
 
 
-def _fmt_dims(dims: list[object]) -> str:
+def _fmt_dims(dims: Sequence[object]) -> str:
     return "(" + ", ".join("?" if not isinstance(d, int) else str(d) for d in dims) + ")"
 
 
-def _example(dims: list[object]) -> str:
+def _example(dims: Sequence[object]) -> str:
     return "x".join(["N"] + [str(d) if isinstance(d, int) and d > 0 else "D" for d in dims[1:]])
 
 

@@ -60,9 +60,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     except OSError as e:
         raise ModelLoadError(f"cannot read model file {str(p)!r}: {e.strerror or e}") from e
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
-        raise ModelLoadError(
-            f"{str(p)!r} is not an ONNX model: it parsed, but holds no IR version or no graph nodes"
-        )
+        raise ModelLoadError(f"{str(p)!r} is not an ONNX model: it parsed, but holds no IR version or no graph nodes")
     _check_external_data(proto, p)
     return LoadedModel(proto=proto, path=p.resolve())
 
@@ -83,6 +81,5 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
             )
         if not target.is_file():
             raise ModelLoadError(
-                f"initializer {tensor.name!r} keeps its data in {location!r}, which is missing "
-                f"from {str(base)!r}"
+                f"initializer {tensor.name!r} keeps its data in {location!r}, which is missing from {str(base)!r}"
             )

@@ -89,7 +89,9 @@ def _square_need(geoms: Mapping[str, Geometry]) -> int:
     return max(math.ceil(g.cols / g.rows_per_sample) for g in geoms.values())
 
 
-def draw_blocks(geoms: Mapping[str, Geometry], rows: Rows, samples: int, rng: np.random.Generator) -> dict[str, RowBlock]:
+def draw_blocks(
+    geoms: Mapping[str, Geometry], rows: Rows, samples: int, rng: np.random.Generator
+) -> dict[str, RowBlock]:
     """Choose each tap's rows within a window of ``samples`` samples.
 
     The block's start is drawn uniformly among line starts that leave room for the block;

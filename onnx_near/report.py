@@ -11,7 +11,7 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 SCHEMA_VERSION = 1
 DIRECTION = "higher is better: a higher NEAR score predicts higher accuracy after training"
@@ -155,16 +155,23 @@ def score_table(r: ScoreResult) -> str:
         f"{'s' if r.repetitions != 1 else ''} · rows {r.rows} · taps {r.taps} · {r.params:,} parameters"
     )
     rows = [
-        (str(l.index), l.name, l.op, l.role, l.tensor, f"{l.shape[0]}×{l.shape[1]}",
-         _fmt(l.erank) + (f" ± {l.erank_std:.3f}" if r.repetitions > 1 and l.status == "ok" else "")
-         if l.status == "ok" else f"invalid: {l.reason}")
+        (
+            str(l.index),
+            l.name,
+            l.op,
+            l.role,
+            l.tensor,
+            f"{l.shape[0]}×{l.shape[1]}",
+            _fmt(l.erank) + (f" ± {l.erank_std:.3f}" if r.repetitions > 1 and l.status == "ok" else "")
+            if l.status == "ok"
+            else f"invalid: {l.reason}",
+        )
         for l in r.layers
     ]
     lines = [head, "", _grid(("#", "layer", "op", "role", "tensor", "matrix", "erank"), rows), ""]
     if r.valid:
         lines.append(
-            f"NEAR score {_fmt(r.score)} ± {r.score_std:.3f} "
-            f"(sum of {len(r.layers)} effective ranks; higher is better)"
+            f"NEAR score {_fmt(r.score)} ± {r.score_std:.3f} (sum of {len(r.layers)} effective ranks; higher is better)"
         )
     else:
         bad = sum(l.status != "ok" for l in r.layers)
@@ -178,11 +185,15 @@ def layers_table(r: LayersReport) -> str:
     ins = ", ".join(f"{n} {t}[{_dims(s)}]" for n, t, s in r.inputs)
     head = f"model {r.model}\ninputs {ins} · taps {r.taps} · {r.params:,} parameters"
     rows = [
-        (str(t.index), t.name, t.op, t.role, t.tensor, _dims(t.shape), f"{t.axis} ({t.axis_reason})")
-        for t in r.layers
+        (str(t.index), t.name, t.op, t.role, t.tensor, _dims(t.shape), f"{t.axis} ({t.axis_reason})") for t in r.layers
     ]
-    lines = [head, "", _grid(("#", "layer", "op", "role", "tensor", "shape", "feature axis"), rows), "",
-             f"{len(r.layers)} taps would be scored"]
+    lines = [
+        head,
+        "",
+        _grid(("#", "layer", "op", "role", "tensor", "shape", "feature axis"), rows),
+        "",
+        f"{len(r.layers)} taps would be scored",
+    ]
     return "\n".join(lines + _skipped_lines(r.skipped))
 
 
@@ -192,9 +203,21 @@ def score_csv(r: ScoreResult) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["index", "name", "op", "role", "tensor", "rows", "cols", "erank", "erank_std", "status", "reason"])
     for l in r.layers:
-        w.writerow([l.index, l.name, l.op, l.role, l.tensor, l.shape[0], l.shape[1],
-                    "" if math.isnan(l.erank) else repr(l.erank),
-                    "" if math.isnan(l.erank_std) else repr(l.erank_std), l.status, l.reason or ""])
+        w.writerow(
+            [
+                l.index,
+                l.name,
+                l.op,
+                l.role,
+                l.tensor,
+                l.shape[0],
+                l.shape[1],
+                "" if math.isnan(l.erank) else repr(l.erank),
+                "" if math.isnan(l.erank_std) else repr(l.erank_std),
+                l.status,
+                l.reason or "",
+            ]
+        )
     return buf.getvalue().rstrip("\n")
 
 
@@ -224,13 +247,15 @@ def _dims(s: tuple[int | str | None, ...] | None) -> str:
     return "×".join("?" if d is None else str(d) for d in s)
 
 
-def _grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     widths = [min(w, 48) for w in widths]
+
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(_clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     return "\n".join([line(header)] + [line(r) for r in rows])
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]

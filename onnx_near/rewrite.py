@@ -49,7 +49,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - best effort by design
+    except Exception as e:
         log.info("shape inference failed (%s); going on without inferred shapes", _first_line(e))
         return model
 
@@ -83,7 +83,9 @@ class PreparedModel:
     index: GraphIndex  # index of the model before the taps were exposed
 
 
-def analyse(loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, GraphIndex, TapPlan]:
+def analyse(
+    loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | None = None
+) -> tuple[onnx.ModelProto, GraphIndex, TapPlan]:
     """Inline and infer shapes, then find the taps (no runtime needed)."""
     model = infer_shapes(inline_functions(loaded.proto))
     index = GraphIndex(model)
@@ -94,7 +96,11 @@ def prepare(loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | No
     """Run the rewrite passes; raise :class:`NoTapsError` when nothing can be scored."""
     model, index, plan = analyse(loaded, mode, axes)
     if not plan.taps:
-        what = "activation" if mode == "activations" else "weighted layer (Conv, Gemm, MatMul with constant weights, normalisation) and no activation"
+        what = (
+            "activation"
+            if mode == "activations"
+            else "weighted layer (Conv, Gemm, MatMul with constant weights, normalisation) and no activation"
+        )
         raise NoTapsError(f"{loaded.path.name!r} has no {what}: there is nothing to score")
     return PreparedModel(expose_taps(model, plan.taps), plan, index)
 

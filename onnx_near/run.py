@@ -29,7 +29,9 @@ CPU = "CPUExecutionProvider"
 class Runner:
     """An onnxruntime session over the rewritten model, returning the requested outputs."""
 
-    def __init__(self, model: onnx.ModelProto, base_dir: Path, device: str, outputs: Sequence[str], label: str = "model"):
+    def __init__(
+        self, model: onnx.ModelProto, base_dir: Path, device: str, outputs: Sequence[str], label: str = "model"
+    ):
         self.outputs = list(outputs)
         self.label = label
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
@@ -45,7 +47,9 @@ class Runner:
             log.info("no usable CUDA device: running on the CPU")
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def _create(self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    def _create(
+        self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]
+    ) -> ort.InferenceSession:
         previous = 2
         ort.set_default_logger_severity(4)  # silence provider-loading noise
         try:
@@ -53,12 +57,12 @@ class Runner:
                 warnings.simplefilter("ignore")
                 try:
                     return ort.InferenceSession(_serialize(model), options, providers=providers)
-                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                except Exception as e:
                     lowered = _lower_ir_version(model, str(e))
                     if lowered is None:
                         raise
                     return ort.InferenceSession(_serialize(lowered), options, providers=providers)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelLoadError(f"onnxruntime cannot load {self.label}: {_ort_message(e)}") from e
         finally:
             ort.set_default_logger_severity(previous)
@@ -67,13 +71,14 @@ class Runner:
         """Run one batch; return the requested outputs by name."""
         try:
             values = self.session.run(self.outputs, dict(feeds))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise RunError(f"onnxruntime failed to run {self.label}: {_ort_message(e)}") from e
         return dict(zip(self.outputs, values))
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def _lower_ir_version(model: onnx.ModelProto, message: str) -> onnx.ModelProto | None:
@@ -81,7 +86,11 @@ def _lower_ir_version(model: onnx.ModelProto, message: str) -> onnx.ModelProto |
     m = re.search(r"max supported IR version:\s*(\d+)", message)
     if not m or int(m.group(1)) >= model.ir_version:
         return None
-    log.warning("the model's IR version %d is newer than onnxruntime supports; reading it as IR %s", model.ir_version, m.group(1))
+    log.warning(
+        "the model's IR version %d is newer than onnxruntime supports; reading it as IR %s",
+        model.ir_version,
+        m.group(1),
+    )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out.ir_version = int(m.group(1))

@@ -38,7 +38,9 @@ def make_config(config: ScoreConfig | None = None, **options: Any) -> ScoreConfi
     return replace(base, **options) if options else base
 
 
-def score(model: str | os.PathLike[str], data: DataArg = None, config: ScoreConfig | None = None, **options: Any) -> ScoreResult:
+def score(
+    model: str | os.PathLike[str], data: DataArg = None, config: ScoreConfig | None = None, **options: Any
+) -> ScoreResult:
     """NEAR score of the ONNX model at ``model``.
 
     Args:
@@ -64,7 +66,9 @@ def score(model: str | os.PathLike[str], data: DataArg = None, config: ScoreConf
     timings["load_rewrite"] = perf_counter() - t0
 
     t0 = perf_counter()
-    runner = Runner(prepared.model, loaded.base_dir, cfg.device, [t.tensor for t in plan.taps], label=repr(loaded.path.name))
+    runner = Runner(
+        prepared.model, loaded.base_dir, cfg.device, [t.tensor for t in plan.taps], label=repr(loaded.path.name)
+    )
     timings["session"] = perf_counter() - t0
 
     t0 = perf_counter()
@@ -83,7 +87,9 @@ def score(model: str | os.PathLike[str], data: DataArg = None, config: ScoreConf
         except ValueError as e:
             skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
     if not geoms:
-        raise NoTapsError(f"none of the {len(plan.taps)} taps of {loaded.path.name!r} can be made into a matrix: {skipped[-1].reason}")
+        raise NoTapsError(
+            f"none of the {len(plan.taps)} taps of {loaded.path.name!r} can be made into a matrix: {skipped[-1].reason}"
+        )
     taps = [t for t in plan.taps if t.tensor in geoms]
     per_sample = sum(probe[t].nbytes for t in geoms) / probe_batch
     batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
@@ -126,18 +132,37 @@ def score(model: str | os.PathLike[str], data: DataArg = None, config: ScoreConf
         log.warning(w)
     layers = tuple(
         LayerScore(
-            index=k, name=t.name, op=t.op, role=t.role, tensor=t.tensor, shape=shapes[t.tensor],
-            erank=_mean(eranks[t.tensor]), erank_std=_std(eranks[t.tensor]), axis=geoms[t.tensor].axis,
-            status="invalid" if t.tensor in invalid else "ok", reason=invalid.get(t.tensor),
+            index=k,
+            name=t.name,
+            op=t.op,
+            role=t.role,
+            tensor=t.tensor,
+            shape=shapes[t.tensor],
+            erank=_mean(eranks[t.tensor]),
+            erank_std=_std(eranks[t.tensor]),
+            axis=geoms[t.tensor].axis,
+            status="invalid" if t.tensor in invalid else "ok",
+            reason=invalid.get(t.tensor),
         )
         for k, t in enumerate(taps)
     )
     totals = [sum(eranks[t.tensor][r] for t in taps) for r in range(cfg.repetitions)]
     timings["total"] = sum(timings.values())
     return ScoreResult(
-        model=str(model), score=_mean(totals), score_std=_std(totals), scores=tuple(totals),
-        repetitions=cfg.repetitions, provider=runner.provider, seed=cfg.seed, rows=str(cfg.rows), taps=cfg.taps,
-        params=parameter_count(index), layers=layers, skipped=tuple(skipped), warnings=tuple(warnings), timings=timings,
+        model=str(model),
+        score=_mean(totals),
+        score_std=_std(totals),
+        scores=tuple(totals),
+        repetitions=cfg.repetitions,
+        provider=runner.provider,
+        seed=cfg.seed,
+        rows=str(cfg.rows),
+        taps=cfg.taps,
+        params=parameter_count(index),
+        layers=layers,
+        skipped=tuple(skipped),
+        warnings=tuple(warnings),
+        timings=timings,
     )
 
 
@@ -148,9 +173,13 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
     _, index, plan = analyse(loaded, cfg.taps, cfg.axes)
     if not plan.taps:
         prepare(loaded, cfg.taps, cfg.axes)  # raises NoTapsError with the standard message
-    inputs = tuple((n, elem_name(index.elem_type(n)), tuple(d) if (d := index.dims(n)) is not None else None) for n in index.graph_inputs)
+    inputs = tuple(
+        (n, elem_name(index.elem_type(n)), tuple(d) if (d := index.dims(n)) is not None else None)
+        for n in index.graph_inputs
+    )
     layers = tuple(
-        TapInfo(k, t.name, t.op, t.role, t.tensor, t.declared_shape, t.axis, t.axis_reason) for k, t in enumerate(plan.taps)
+        TapInfo(k, t.name, t.op, t.role, t.tensor, t.declared_shape, t.axis, t.axis_reason)
+        for k, t in enumerate(plan.taps)
     )
     skipped = tuple(Skipped(u.where, u.op, u.reason) for u in plan.untappable)
     return LayersReport(str(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
@@ -169,7 +198,9 @@ def _check_rows(cfg: ScoreConfig, geoms: dict[str, Geometry], samples: int, avai
             )
 
 
-def _shape_warnings(cfg: ScoreConfig, taps: list[Any], shapes: dict[str, tuple[int, int]], available: int | None) -> list[str]:
+def _shape_warnings(
+    cfg: ScoreConfig, taps: list[Any], shapes: dict[str, tuple[int, int]], available: int | None
+) -> list[str]:
     if cfg.rows != "square":
         return []
     short = [t.tensor for t in taps if shapes[t.tensor][0] < shapes[t.tensor][1]]
@@ -190,4 +221,4 @@ def _std(xs: list[float]) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-__all__ = ["score", "describe", "make_config"]
+__all__ = ["describe", "make_config", "score"]

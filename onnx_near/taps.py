@@ -33,8 +33,21 @@ MS = "com.microsoft"
 
 # Native elementwise activations of the default domain, by op type.
 NATIVE_ACTIVATIONS = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh",
-    "Softplus", "Softsign", "HardSwish", "Mish", "Gelu", "ThresholdedRelu",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Sigmoid",
+    "HardSigmoid",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "HardSwish",
+    "Mish",
+    "Gelu",
+    "ThresholdedRelu",
 }
 # Contrib activations of onnxruntime (com.microsoft).
 CONTRIB_ACTIVATIONS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
@@ -43,22 +56,54 @@ FUSED_WITH_ACTIVATION = {"FusedConv", "FusedGemm"}
 
 # Ops applying learned weights whose output is a layer output.
 WEIGHTED = {
-    "Conv", "ConvTranspose", "Gemm", "BatchNormalization", "LayerNormalization",
-    "GroupNormalization", "InstanceNormalization",
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "BatchNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
 }
 _MATMULS = {("", "MatMul"), (MS, "FusedMatMul")}
 
 # Ops whose output has its features on axis 1 (N × C × spatial…).
 _CHANNEL_OPS = {
-    "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "LRN", "FusedConv", "QLinearConv", "ConvInteger", "DepthToSpace", "SpaceToDepth", "Resize",
-    "Upsample", "MaxUnpool", "RoiAlign",
+    "Conv",
+    "ConvTranspose",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "LRN",
+    "FusedConv",
+    "QLinearConv",
+    "ConvInteger",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Resize",
+    "Upsample",
+    "MaxUnpool",
+    "RoiAlign",
 }
 # Ops whose output has its features on the last axis.
 _LAST_AXIS_OPS = {
-    "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "LayerNormalization", "Flatten", "Reshape",
-    "Gather", "Einsum", "SkipLayerNormalization", "Attention", "MultiHeadAttention",
+    "Gemm",
+    "MatMul",
+    "FusedGemm",
+    "FusedMatMul",
+    "LayerNormalization",
+    "Flatten",
+    "Reshape",
+    "Gather",
+    "Einsum",
+    "SkipLayerNormalization",
+    "Attention",
+    "MultiHeadAttention",
 }
 # Ops between a pattern's input x and its non-linear core (x/√2, x + 0.044715·x³, softplus(x)…).
 _INNER_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Softplus", "Exp", "Log", "Neg", "Sqrt"}
@@ -167,16 +212,14 @@ def _native_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:
 
 def _clip_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:
     """Clip(x, 0, max) is a ReLU-like activation (ReLU6 when max is 6); other clips are not."""
-    lo: object
-    hi: object
     if len(n.input) > 1 or not any(a.name in ("min", "max") for a in n.attribute):
         lo = _scalar(index, n.input[1]) if len(n.input) > 1 and n.input[1] else None
         hi = _scalar(index, n.input[2]) if len(n.input) > 2 and n.input[2] else None
     else:
         lo, hi = attribute(n, "min"), attribute(n, "max")
-    if lo is None or float(lo) != 0.0:  # type: ignore[arg-type]
+    if lo is None or float(lo) != 0.0:
         return None
-    if hi is not None and float(hi) == 6.0:  # type: ignore[arg-type]
+    if hi is not None and float(hi) == 6.0:
         return "ReLU6 (Clip)"
     return "Clip(0, max)"
 
@@ -189,7 +232,7 @@ def _scalar(index: GraphIndex, name: str) -> float | None:
 
 
 def _other_input(n: onnx.NodeProto, t: str) -> str | None:
-    ins = list(n.input)
+    ins: list[str] = list(n.input)
     if len(ins) != 2 or ins.count(t) != 1:
         return None
     return ins[1] if ins[0] == t else ins[0]
@@ -354,18 +397,24 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
         if n.op_type in _CONTROL_FLOW:
             inside = sorted(_scorable_ops_in_subgraphs(n))
             if inside:
-                out.append(Untappable(
-                    index.label(i), n.op_type,
-                    f"{len(inside)} weighted/activation op(s) inside its body ({', '.join(sorted(set(inside)))}) "
-                    "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
-                ))
+                out.append(
+                    Untappable(
+                        index.label(i),
+                        n.op_type,
+                        f"{len(inside)} weighted/activation op(s) inside its body ({', '.join(sorted(set(inside)))}) "
+                        "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
+                    )
+                )
         elif _fused_activation(n):
             act = _fused_activation(n)
-            out.append(Untappable(
-                index.label(i), f"{n.op_type} ({MS})",
-                f"the pre-activation before its fused {act or 'activation'} is not exposed by the fused op; "
-                "only its output is tapped",
-            ))
+            out.append(
+                Untappable(
+                    index.label(i),
+                    f"{n.op_type} ({MS})",
+                    f"the pre-activation before its fused {act or 'activation'} is not exposed by the fused op; "
+                    "only its output is tapped",
+                )
+            )
     return out
 
 
@@ -394,7 +443,7 @@ def feature_axes(index: GraphIndex) -> dict[str, tuple[int, str]]:
         if not n.output:
             continue
         label = index.label(i)
-        out = n.output[0]
+        n.output[0]
         if n.op_type in _CHANNEL_OPS:
             value = (1, f"{n.op_type} output: channels on axis 1")
         elif n.op_type in _LAST_AXIS_OPS:
@@ -416,14 +465,14 @@ def _through_transpose(
     index: GraphIndex, n: onnx.NodeProto, axes: Mapping[str, tuple[int, str]], label: str
 ) -> tuple[int, str]:
     src = axes.get(n.input[0])
-    perm = attribute(n, "perm")
+    perm = list(attribute(n, "perm") or [])
     rank = index.rank(n.input[0])
-    if src is None or perm is None:
+    if src is None or not perm:
         return (-1, "after a Transpose of unknown layout: last axis assumed")
     a = src[0] if src[0] >= 0 or rank is None else src[0] + rank
     if a < 0:
-        a = len(perm) + a  # type: ignore[arg-type]
-    new = list(perm).index(a)  # type: ignore[arg-type]
+        a = len(perm) + a
+    new = perm.index(a)
     return (new, f"Transpose {label} moved the features to axis {new}")
 
 
@@ -450,13 +499,19 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
     for a in activations:
         if mode == "activations" and a.pre:
             producer = index.producer.get(a.pre)
-            add(a.pre, "pre", index.label(producer) if producer is not None else a.pre, _op_of(index, a.pre), producer if producer is not None else -1)
+            add(
+                a.pre,
+                "pre",
+                index.label(producer) if producer is not None else a.pre,
+                _op_of(index, a.pre),
+                producer if producer is not None else -1,
+            )
         add(a.post, "post", index.label(a.node), a.kind, a.node)
     inferred = feature_axes(index)
     overrides = dict(axes or {})
     taps: list[Tap] = []
     for tensor, rs in roles.items():
-        name, op, node = meta[tensor]
+        name, op, _node = meta[tensor]
         if tensor in overrides or name in overrides:
             axis, reason = overrides.get(tensor, overrides.get(name, -1)), "set by the user"
         elif tensor in inferred:
@@ -465,8 +520,19 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
             axis, reason = -1, "no layout known: last axis assumed"
         dims = index.dims(tensor)
         role = "+".join(r for r in ("pre", "post") if r in rs)
-        taps.append(Tap(name, op, role, tensor, index.producer.get(tensor, -1), axis, reason,
-                        tuple(dims) if dims is not None else None, index.elem_type(tensor)))
+        taps.append(
+            Tap(
+                name,
+                op,
+                role,
+                tensor,
+                index.producer.get(tensor, -1),
+                axis,
+                reason,
+                tuple(dims) if dims is not None else None,
+                index.elem_type(tensor),
+            )
+        )
     taps.sort(key=lambda t: (t.node, t.tensor))
     return TapPlan(tuple(taps), tuple(find_untappable(index)))
 

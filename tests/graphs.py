@@ -94,6 +94,7 @@ class Graph:
 
 # --- sources of the tensor x that a pattern is applied to --------------------------------
 
+
 def source(g: Graph, kind: str) -> str:
     """x for a pattern: a graph input, a Gemm output, or a dense layer MatMul → Add(bias)."""
     if kind == "input":

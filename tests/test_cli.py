@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import mlp, model, save, tensor
 from click.testing import CliRunner
 from onnx import helper
 
 import onnx_near
 from onnx_near.cli import main
-
-from builders import mlp, model, save, tensor
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CNN = str(MODELS / "cnn.onnx")
@@ -39,7 +38,17 @@ def test_json_output_has_the_documented_keys() -> None:
     code, out, _ = run("score", CNN, "--format", "json", "--repetitions", "2", "--seed", "5")
     assert code == 0
     d = json.loads(out)
-    for key in ("schema_version", "score", "score_std", "repetitions", "provider", "seed", "layers", "skipped", "params"):
+    for key in (
+        "schema_version",
+        "score",
+        "score_std",
+        "repetitions",
+        "provider",
+        "seed",
+        "layers",
+        "skipped",
+        "params",
+    ):
         assert key in d
     assert d["repetitions"] == 2 and d["seed"] == 5 and d["provider"] == "CPUExecutionProvider"
     for layer in d["layers"]:
@@ -65,7 +74,9 @@ def test_cli_and_api_give_the_same_score() -> None:
 def test_data_option_and_output_file(tmp_path: Path) -> None:
     """--data takes an .npz keyed by input name; --output writes the document to a file."""
     target = tmp_path / "r.json"
-    code, out, _ = run("score", CNN, "--data", str(MODELS / "cnn.inputs.npz"), "--rows", "all", "--format", "json", "-o", str(target))
+    code, out, _ = run(
+        "score", CNN, "--data", str(MODELS / "cnn.inputs.npz"), "--rows", "all", "--format", "json", "-o", str(target)
+    )
     assert code == 0 and out == ""
     golden = json.loads((MODELS / "cnn.golden.json").read_text())
     assert json.loads(target.read_text())["score"] == pytest.approx(golden["total"], rel=1e-4)
@@ -89,7 +100,10 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     text.write_text("this is not a model\n" * 20)
     truncated = tmp / "truncated.onnx"
     truncated.write_bytes((MODELS / "cnn.onnx").read_bytes()[:3000])
-    add_only = save(model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])]), tmp / "add.onnx")
+    add_only = save(
+        model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])]),
+        tmp / "add.onnx",
+    )
     dense = str(save(mlp(), tmp / "mlp.onnx"))
     np.savez(tmp / "wrong_name.npz", pixels=np.zeros((4, 6), np.float32))
     np.save(tmp / "wrong_shape.npy", np.zeros((4, 7), np.float32))
@@ -115,11 +129,24 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing file", "not onnx", "truncated onnx", "no taps", "wrong input name", "wrong input shape",
-    "wrong input dtype", "too few rows", "nan in data", "bad rows value", "bad shape option",
-    "unknown shape input", "missing data file",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "not onnx",
+        "truncated onnx",
+        "no taps",
+        "wrong input name",
+        "wrong input shape",
+        "wrong input dtype",
+        "too few rows",
+        "nan in data",
+        "bad rows value",
+        "bad shape option",
+        "unknown shape input",
+        "missing data file",
+    ],
+)
 def test_bad_input_gives_one_sentence_and_no_traceback(tmp_path: Path, case: str) -> None:
     """Bad input exits with code 2, one line on stderr, nothing on stdout, no traceback."""
     args = _bad_inputs(tmp_path)[case]
@@ -149,5 +176,7 @@ def test_cuda_requested_without_a_gpu_says_so_in_one_line() -> None:
         assert err == ""
         return
     assert provider == "CPUExecutionProvider"
-    assert err.strip().splitlines() == ["onnx-near: WARNING: CUDA was asked for but is not available to onnxruntime here; running on the CPU instead"]
+    assert err.strip().splitlines() == [
+        "onnx-near: WARNING: CUDA was asked for but is not available to onnxruntime here; running on the CPU instead"
+    ]
     assert "CPUExecutionProvider" in ort.get_available_providers()

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from builders import mlp, model, save, tensor, weight
 from onnx import helper
 
 import onnx_near
 from onnx_near.errors import InputDataError, ModelLoadError, NoTapsError
 from onnx_near.matrices import Collector, draw_blocks, geometry, to_rows, window_samples
-
-from builders import mlp, model, save, tensor, weight
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -74,7 +73,10 @@ def test_strict_mode_taps_activation_sites_only() -> None:
     """taps='activations': the ReLU inputs (BN outputs) and outputs; convs and the final Gemm are not taps."""
     r = onnx_near.score(MODELS / "cnn.onnx", taps="activations")
     assert [(l.op, l.role) for l in r.layers] == [
-        ("BatchNormalization", "pre"), ("Relu", "post"), ("BatchNormalization", "pre"), ("Relu", "post"),
+        ("BatchNormalization", "pre"),
+        ("Relu", "post"),
+        ("BatchNormalization", "pre"),
+        ("Relu", "post"),
     ]
 
 
@@ -170,8 +172,12 @@ def test_newer_ir_version_is_read(tmp_path: Path) -> None:
 def test_dynamic_dimension_needs_a_shape(tmp_path: Path) -> None:
     """A dynamic non-batch dim must be given; with --shape the model scores."""
     w = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
-    m = model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-              [tensor("x", ["N", "T", 4])], [tensor("y", ["N", "T", 5])], [weight("w", w)])
+    m = model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        [tensor("x", ["N", "T", 4])],
+        [tensor("y", ["N", "T", 5])],
+        [weight("w", w)],
+    )
     path = save(m, tmp_path / "seq.onnx")
     with pytest.raises(InputDataError, match=r"--shape x=NxDx4"):
         onnx_near.score(path)

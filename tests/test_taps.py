@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
-
 from graphs import (
     MS,
     REFERENCE,
@@ -22,6 +19,9 @@ from graphs import (
     silu_x_first,
     source,
 )
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
 from onnx_near.graph import GraphIndex
 from onnx_near.rewrite import inline_functions
 from onnx_near.taps import feature_axes, find_activations, find_layers, plan_taps
@@ -59,7 +59,9 @@ NATIVE = [
 ]
 
 
-@pytest.mark.parametrize("op,opset,attrs,slope", NATIVE, ids=[f"{o}-{a.get('approximate', '')}".rstrip("-") for o, _, a, _ in NATIVE])
+@pytest.mark.parametrize(
+    "op,opset,attrs,slope", NATIVE, ids=[f"{o}-{a.get('approximate', '')}".rstrip("-") for o, _, a, _ in NATIVE]
+)
 def test_native_activation_after_gemm(op: str, opset: int, attrs: dict, slope: int) -> None:
     """A native activation op after a Gemm is one activation: pre = Gemm output, post = its output."""
     g = Graph(opset=opset)
@@ -75,6 +77,7 @@ def test_native_activation_after_gemm(op: str, opset: int, attrs: dict, slope: i
 
 
 # --- 2. Clip as ReLU6 ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["initializers", "constant_nodes"])
 def test_clip_0_6_is_relu6(how: str) -> None:
@@ -188,11 +191,15 @@ def test_pattern_followed_by_layer() -> None:
     assert [(s.pre, s.post, s.kind) for s in sites] == [(x, a, "SiLU")]
 
 
-@pytest.mark.parametrize("first,second,kinds", [
-    (silu_x_first, silu_x_first, ["SiLU", "SiLU"]),
-    (gelu_erf_torchscript, mish, ["GELU (erf)", "Mish"]),
-    (gelu_tanh_pow, hardswish, ["GELU (tanh)", "HardSwish"]),
-], ids=["silu-silu", "gelu_erf-mish", "gelu_tanh-hardswish"])
+@pytest.mark.parametrize(
+    "first,second,kinds",
+    [
+        (silu_x_first, silu_x_first, ["SiLU", "SiLU"]),
+        (gelu_erf_torchscript, mish, ["GELU (erf)", "Mish"]),
+        (gelu_tanh_pow, hardswish, ["GELU (tanh)", "HardSwish"]),
+    ],
+    ids=["silu-silu", "gelu_erf-mish", "gelu_tanh-hardswish"],
+)
 def test_two_patterns_in_a_row(first, second, kinds: list) -> None:
     """Two patterns back to back are two activations; the first one's output is the second one's pre."""
     g = Graph()
@@ -293,8 +300,14 @@ LAYERS = [
     ("Conv", 17, [1, 2, 5, 5], lambda g: [g.weight(3, 2, 3, 3), g.weight(3)], {}, [1, 3, 3, 3]),
     ("ConvTranspose", 17, [1, 2, 5, 5], lambda g: [g.weight(2, 3, 3, 3), g.weight(3)], {}, [1, 3, 7, 7]),
     ("Gemm", 17, [2, 5], lambda g: [g.weight(5, 3), g.weight(3)], {}, [2, 3]),
-    ("BatchNormalization", 17, [1, 2, 5, 5],
-     lambda g: [g.weight(2), g.weight(2), g.weight(2), g.const(np.ones(2))], {}, [1, 2, 5, 5]),
+    (
+        "BatchNormalization",
+        17,
+        [1, 2, 5, 5],
+        lambda g: [g.weight(2), g.weight(2), g.weight(2), g.const(np.ones(2))],
+        {},
+        [1, 2, 5, 5],
+    ),
     ("LayerNormalization", 17, [2, 5], lambda g: [g.weight(5), g.weight(5)], {}, [2, 5]),
     ("GroupNormalization", 21, [1, 4, 3, 3], lambda g: [g.weight(4), g.weight(4)], {"num_groups": 2}, [1, 4, 3, 3]),
     ("InstanceNormalization", 17, [1, 2, 5, 5], lambda g: [g.weight(2), g.weight(2)], {}, [1, 2, 5, 5]),
@@ -388,6 +401,7 @@ def test_matmul_with_folded_constant_weight(weight: str) -> None:
 
 # --- 6. modes -----------------------------------------------------------------------------
 
+
 def conv_relu() -> Graph:
     """x → Conv → c → Relu → r."""
     g = Graph()
@@ -464,6 +478,7 @@ def test_add_reshape_graph_has_no_taps() -> None:
 
 # --- 7. feature axes ----------------------------------------------------------------------
 
+
 def test_axes_conv_relu_channels() -> None:
     """The conv output and the Relu after it have their features on axis 1."""
     index = conv_relu().index()
@@ -510,16 +525,18 @@ def test_axes_user_override() -> None:
 
 # --- 8. control flow ----------------------------------------------------------------------
 
+
 def test_if_bodies_are_untappable() -> None:
     """An If whose branches hold Relu / Conv is listed as untappable (reason names If); main-graph taps are still found."""
     g = Graph()
-    c = g.op("Conv", g.input("x", [1, 2, 5, 5]), g.weight(3, 2, 3, 3), pads=[1, 1, 1, 1], out="c")
+    g.op("Conv", g.input("x", [1, 2, 5, 5]), g.weight(3, 2, 3, 3), pads=[1, 1, 1, 1], out="c")
     cond = g.input("cond", [], elem=TensorProto.BOOL)
     out_vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 5, 5])  # noqa: E731
     then_g = helper.make_graph([helper.make_node("Relu", ["c"], ["t_out"])], "then", [], [out_vi("t_out")])
     w_else = onnx.numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w_else")
-    else_g = helper.make_graph([helper.make_node("Conv", ["c", "w_else"], ["e_out"])], "else", [], [out_vi("e_out")],
-                               [w_else])
+    else_g = helper.make_graph(
+        [helper.make_node("Conv", ["c", "w_else"], ["e_out"])], "else", [], [out_vi("e_out")], [w_else]
+    )
     g.nodes.append(helper.make_node("If", [cond], ["i"], name="branch", then_branch=then_g, else_branch=else_g))
     g.output(g.op("Relu", "i", out="r"))
     index = g.index()
@@ -533,10 +550,14 @@ def test_if_bodies_are_untappable() -> None:
 
 # --- 9. model-local functions -------------------------------------------------------------
 
+
 def test_local_function_taps_after_inlining() -> None:
     """A local function Gemm → Relu called from the main graph: after inline_functions both taps are found."""
     fn = helper.make_function(
-        "local", "Block", ["a", "w", "b"], ["o"],
+        "local",
+        "Block",
+        ["a", "w", "b"],
+        ["o"],
         [helper.make_node("Gemm", ["a", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["o"])],
         [helper.make_opsetid("", 17)],
     )
