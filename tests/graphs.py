@@ -13,6 +13,7 @@ given.  Weights are drawn from a seeded generator, so every graph is determinist
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -66,10 +67,18 @@ class Graph:
         self.nodes.append(helper.make_node("Constant", [], [out], value=t))
         return out
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, domain: str = "", **attrs: object) -> str:
+    def op(
+        self,
+        op_type: str,
+        *inputs: str,
+        out: str | None = None,
+        domain: str = "",
+        node_name: str | None = None,
+        **attrs: object,
+    ) -> str:
         """Append one node with one output and return the output's name."""
         out = out or self._name(op_type)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], domain=domain, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=node_name, domain=domain, **attrs))
         return out
 
     def output(self, name: str, shape: Sequence[int | str | None] | None = None) -> str:
@@ -90,6 +99,34 @@ class Graph:
     def index(self, **kw: object) -> GraphIndex:
         """A GraphIndex over :meth:`model`."""
         return GraphIndex(self.model(**kw))  # type: ignore[arg-type]
+
+
+# --- whole small models, for the pipeline and CLI tests ----------------------------------
+
+
+def mlp(d_in: int = 6, hidden: int = 8, d_out: int = 3, act: str = "Relu", batch: int | str = "N") -> onnx.ModelProto:
+    """x → Gemm "fc1" → act "act" → Gemm "fc2" → y, with seeded weights (w1, w2)."""
+    g = Graph()
+    h = g.op("Gemm", g.input("x", [batch, d_in]), g.const(g.rng.standard_normal((d_in, hidden)), "w1"), node_name="fc1")
+    a = g.op(act, h, node_name="act")
+    g.output(
+        g.op("Gemm", a, g.const(g.rng.standard_normal((hidden, d_out)), "w2"), node_name="fc2", out="y"), [batch, d_out]
+    )
+    return g.model(infer=False)
+
+
+def add_only() -> onnx.ModelProto:
+    """y = x + x: no weighted layer, no activation — nothing to score."""
+    g = Graph()
+    x = g.input("x", ["N", 3])
+    g.output(g.op("Add", x, x, out="y"), ["N", 3])
+    return g.model(infer=False)
+
+
+def save(m: onnx.ModelProto, path: Path) -> Path:
+    """Write ``m`` to ``path`` and return the path."""
+    onnx.save(m, str(path))
+    return path
 
 
 # --- sources of the tensor x that a pattern is applied to --------------------------------

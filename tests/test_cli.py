@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import mlp, model, save, tensor
 from click.testing import CliRunner
-from onnx import helper
+from graphs import add_only, mlp, save
 
 import onnx_near
 from onnx_near.cli import main
@@ -100,10 +99,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     text.write_text("this is not a model\n" * 20)
     truncated = tmp / "truncated.onnx"
     truncated.write_bytes((MODELS / "cnn.onnx").read_bytes()[:3000])
-    add_only = save(
-        model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])]),
-        tmp / "add.onnx",
-    )
+    nothing = save(add_only(), tmp / "add.onnx")
     dense = str(save(mlp(), tmp / "mlp.onnx"))
     np.savez(tmp / "wrong_name.npz", pixels=np.zeros((4, 6), np.float32))
     np.save(tmp / "wrong_shape.npy", np.zeros((4, 7), np.float32))
@@ -116,7 +112,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "missing file": ["score", str(tmp / "nope.onnx")],
         "not onnx": ["score", str(text)],
         "truncated onnx": ["score", str(truncated)],
-        "no taps": ["score", str(add_only)],
+        "no taps": ["score", str(nothing)],
         "wrong input name": ["score", dense, "--data", str(tmp / "wrong_name.npz")],
         "wrong input shape": ["score", dense, "--data", str(tmp / "wrong_shape.npy")],
         "wrong input dtype": ["score", str(MODELS / "transformer.onnx"), "--data", str(tmp / "wrong_dtype.npy")],

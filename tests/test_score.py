@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import mlp, model, save, tensor, weight
-from onnx import helper
+from graphs import Graph, add_only, mlp, save
 
 import onnx_near
 from onnx_near.errors import InputDataError, ModelLoadError, NoTapsError
@@ -98,7 +97,7 @@ def test_nan_activations_make_the_layer_invalid(tmp_path: Path) -> None:
     m = mlp()
     w = onnx.numpy_helper.to_array(m.graph.initializer[1]).copy()
     w[0, 0] = np.nan
-    m.graph.initializer[1].CopyFrom(weight("w2", w))
+    m.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(w, "w2"))
     r = onnx_near.score(save(m, tmp_path / "nan.onnx"))
     status = {l.name: l.status for l in r.layers}
     assert status == {"fc1": "ok", "act": "ok", "fc2": "invalid"}
@@ -171,14 +170,9 @@ def test_newer_ir_version_is_read(tmp_path: Path) -> None:
 
 def test_dynamic_dimension_needs_a_shape(tmp_path: Path) -> None:
     """A dynamic non-batch dim must be given; with --shape the model scores."""
-    w = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
-    m = model(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        [tensor("x", ["N", "T", 4])],
-        [tensor("y", ["N", "T", 5])],
-        [weight("w", w)],
-    )
-    path = save(m, tmp_path / "seq.onnx")
+    g = Graph()
+    g.output(g.op("Relu", g.op("MatMul", g.input("x", ["N", "T", 4]), g.weight(4, 5))), ["N", "T", 5])
+    path = save(g.model(infer=False), tmp_path / "seq.onnx")
     with pytest.raises(InputDataError, match=r"--shape x=NxDx4"):
         onnx_near.score(path)
     r = onnx_near.score(path, shapes={"x": (None, 3, 4)})
@@ -187,9 +181,8 @@ def test_dynamic_dimension_needs_a_shape(tmp_path: Path) -> None:
 
 def test_model_without_taps(tmp_path: Path) -> None:
     """A graph with no weighted layer and no activation is refused with NoTapsError."""
-    m = model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", ["N", 3])], [tensor("y", ["N", 3])])
     with pytest.raises(NoTapsError):
-        onnx_near.score(save(m, tmp_path / "add.onnx"))
+        onnx_near.score(save(add_only(), tmp_path / "add.onnx"))
 
 
 def test_axis_override(tmp_path: Path) -> None:

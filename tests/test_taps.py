@@ -573,3 +573,28 @@ def test_local_function_taps_after_inlining() -> None:
     plan = plan_taps(index, mode="all")
     assert [t.role for t in plan.taps] == ["pre", "post"]
     assert plan.taps[1].tensor == y and plan.taps[0].tensor == sites[0].pre
+
+
+def test_x_tanh_x_is_not_called_gelu() -> None:
+    """Mul(x, Tanh(x)) is a gated activation, but neither GELU nor Mish."""
+    g = Graph()
+    x = source(g, "input")
+    y = g.output(g.op("Mul", x, g.op("Tanh", x)))
+    (site,) = find_activations(g.index())
+    assert (site.pre, site.post, site.kind) == (x, y, "x·Tanh(x)")
+
+
+def test_pattern_nodes_include_the_scaling_of_x() -> None:
+    """In Mul(Mul(x, 0.5), 1 + Erf(x/√2)) the Mul(x, 0.5) node belongs to the pattern."""
+    g = Graph()
+    x = source(g, "input")
+    gelu_erf_half_first(g, x)
+    index = g.index()
+    (site,) = find_activations(index)
+    half = next(
+        i
+        for i, n in enumerate(index.nodes)
+        if n.op_type == "Mul" and n.input[0] == x and (v := index.const_value(n.input[1])) is not None and v == 0.5
+    )
+    ops = sorted(index.nodes[i].op_type for i in site.nodes)
+    assert half in site.nodes and ops == ["Add", "Erf", "Mul", "Mul", "Mul"]
