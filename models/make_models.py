@@ -33,7 +33,6 @@ and whose rows are all other axes, all rows kept.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -41,20 +40,16 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import sklearn
 import torch
+from common import ATOL, Tap, cap_ir_version, erank_numpy, ort_run, save_inputs, write_golden
 from torch import nn
 
 OUT_DIR = Path(__file__).resolve().parent
 OPSET = 17
-MAX_IR_VERSION = 10
-ATOL = 1e-4
 
 PRE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.LayerNorm)
 POST_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.SiLU, nn.GELU)
-
-Tap = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- effective rank
@@ -69,17 +64,6 @@ def erank_torch(matrix: torch.Tensor) -> float:
     p = s / total
     p = p[p > 0]
     return float(torch.exp(-(p * torch.log(p)).sum()).item())
-
-
-def erank_numpy(matrix: np.ndarray) -> float:
-    """Effective rank exp(H(sigma / sum sigma)) in float64, numpy side; 0 for an all-zero matrix."""
-    s = np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
-    total = s.sum()
-    if total == 0.0:
-        return 0.0
-    p = s / total
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def tap_matrix_torch(t: torch.Tensor) -> torch.Tensor:
@@ -296,49 +280,6 @@ def sklearn_goldens(clf: Any, x32: np.ndarray) -> tuple[list[Tap], np.ndarray]:
 # --------------------------------------------------------------------------- ONNX checks
 
 
-def cap_ir_version(path: Path) -> onnx.ModelProto:
-    """Make sure ir_version <= 10 (re-save if lowered) and that the model passes the checker."""
-    model = onnx.load(str(path))
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
-        onnx.save(model, str(path))
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def single_input(model: onnx.ModelProto) -> tuple[str, np.dtype]:
-    init_names = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in init_names]
-    assert len(inputs) == 1, [i.name for i in inputs]
-    elem = inputs[0].type.tensor_type.elem_type
-    return inputs[0].name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
-
-
-def ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[Any]:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def save_inputs(path: Path, model: onnx.ModelProto, data: np.ndarray) -> dict[str, np.ndarray]:
-    name, dtype = single_input(model)
-    assert data.dtype == dtype, (data.dtype, dtype)
-    feeds = {name: data}
-    np.savez(path, **feeds)
-    return feeds
-
-
-def write_golden(name: str, framework: str, opset: int, taps: list[Tap]) -> None:
-    golden = {
-        "model": f"{name}.onnx",
-        "inputs": f"{name}.inputs.npz",
-        "framework": framework,
-        "opset": opset,
-        "taps": taps,
-        "total": float(sum(t["erank"] for t in taps)),
-    }
-    (OUT_DIR / f"{name}.golden.json").write_text(json.dumps(golden, indent=1) + "\n")
-
-
 # --------------------------------------------------------------------------- builders
 
 
@@ -359,7 +300,7 @@ def build_torch_model(
     (ort_small,) = ort_run(onnx_path, {input_name: data[:3]})
     np.testing.assert_allclose(ort_small, y.numpy()[:3], rtol=0, atol=ATOL)
 
-    write_golden(name, f"torch {torch.__version__.split('+')[0]}", OPSET, taps)
+    write_golden(OUT_DIR, name, f"torch {torch.__version__.split('+')[0]}", OPSET, taps, "torch-torchscript", name)
 
 
 def build_mlp() -> None:
@@ -418,7 +359,9 @@ def build_sklearn_mlp() -> None:
     np.testing.assert_allclose(ort_proba, clf.predict_proba(x_test), rtol=0, atol=ATOL)
     assert np.array_equal(label, clf.predict(x_test))
 
-    write_golden("sklearn_mlp", f"scikit-learn {sklearn.__version__}", OPSET, taps)
+    write_golden(
+        OUT_DIR, "sklearn_mlp", f"scikit-learn {sklearn.__version__}", OPSET, taps, "skl2onnx", "MLPClassifier relu"
+    )
 
 
 def main() -> None:
