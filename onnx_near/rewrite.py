@@ -1,12 +1,15 @@
 """Stage 2, rewrite: turn the loaded graph into one whose outputs are the taps.
 
-Three small passes, applied in order by :func:`prepare`; each returns a new model and
-leaves its input untouched (the file on disk is never modified):
+Small passes, applied in order by :func:`prepare`; each returns a new model and leaves
+its input untouched (the file on disk is never modified):
 
 1. :func:`inline_functions` — model-local functions are inlined, so layers that exporters
    wrap in functions (the dynamo exporter does) become visible nodes.
-2. :func:`infer_shapes` — element types and shapes are attached to intermediate tensors.
-3. :func:`expose_taps` — every tap becomes a graph output, after the model's own outputs.
+2. :func:`~onnx_near.defuse.defuse_contrib_ops` — onnxruntime's fused ops (FusedConv,
+   FusedGemm, BiasGelu, SkipLayerNormalization…) are split back into standard ops, so the
+   pre-activations they hid exist again.
+3. :func:`infer_shapes` — element types and shapes are attached to intermediate tensors.
+4. :func:`expose_taps` — every tap becomes a graph output, after the model's own outputs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import onnx
 import onnx.inliner
 import onnx.shape_inference
 
+from .defuse import defuse_contrib_ops
 from .errors import GraphError, NoTapsError
 from .graph import GraphIndex
 from .load import LoadedModel
@@ -87,7 +91,7 @@ def analyse(
     loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | None = None
 ) -> tuple[onnx.ModelProto, GraphIndex, TapPlan]:
     """Inline and infer shapes, then find the taps (no runtime needed)."""
-    model = infer_shapes(inline_functions(loaded.proto))
+    model = infer_shapes(defuse_contrib_ops(inline_functions(loaded.proto)))
     index = GraphIndex(model)
     return model, index, plan_taps(index, mode, axes)
 

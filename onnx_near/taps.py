@@ -63,7 +63,11 @@ WEIGHTED = {
     "LayerNormalization",
     "GroupNormalization",
     "InstanceNormalization",
+    "RMSNormalization",
+    "SimplifiedLayerNormalization",
 }
+# onnxruntime's normalisations (com.microsoft), when the de-fuse pass leaves them whole.
+CONTRIB_WEIGHTED = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"}
 _MATMULS = {("", "MatMul"), (MS, "FusedMatMul")}
 
 # Ops whose output has its features on axis 1 (N × C × spatial…).
@@ -102,6 +106,9 @@ _LAST_AXIS_OPS = {
     "Gather",
     "Einsum",
     "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "RMSNormalization",
     "Attention",
     "MultiHeadAttention",
 }
@@ -369,6 +376,8 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
         key = (n.domain if n.domain != "ai.onnx" else "", n.op_type)
         if key[0] == "" and n.op_type in WEIGHTED:
             sites.append(LayerSite(n.output[0], n.op_type, i))
+        elif key[0] == MS and n.op_type in CONTRIB_WEIGHTED:
+            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
         elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION and not _fused_activation(n):
             sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
         elif key in _MATMULS and any(index.is_const(x) for x in n.input[:2]):
@@ -405,6 +414,15 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
                         "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
                     )
                 )
+        elif n.domain == "com.microsoft.nchwc" and n.op_type == "Conv":
+            out.append(
+                Untappable(
+                    index.label(i),
+                    f"{n.op_type} (com.microsoft.nchwc)",
+                    "it works in onnxruntime's blocked NCHWc layout, which ORT_ENABLE_ALL writes for this CPU only; "
+                    "save the optimised model with ORT_ENABLE_EXTENDED to score its convolutions",
+                )
+            )
         elif _fused_activation(n):
             act = _fused_activation(n)
             out.append(
