@@ -1,8 +1,10 @@
 """onnx-near against golden effective ranks computed by the source frameworks.
 
-The goldens in ``models/*.golden.json`` come from ``models/make_models.py``: forward hooks
-on the PyTorch modules (or scikit-learn's own weights in float64 numpy) on the same
-inputs, all rows, singular values from torch/numpy — no ONNX, no onnxruntime.
+Every ``*.golden.json`` under ``models/`` is a case: the shipped models and the corpus of
+exports (PyTorch's two exporters, skl2onnx, tf2onnx/jax2onnx, onnxruntime-optimised graphs,
+converted opsets).  The goldens come from the framework's side — forward hooks on PyTorch
+modules, scikit-learn's own weights, Keras/JAX intermediates — on the same inputs with all
+rows, never from onnx-near (see the make_*.py scripts in models/).
 """
 
 from __future__ import annotations
@@ -15,18 +17,28 @@ import pytest
 import onnx_near
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-NAMES = ["mlp", "cnn", "transformer", "sklearn_mlp"]
+CASES = sorted(MODELS.rglob("*.golden.json"))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_matches_framework_goldens(name: str) -> None:
-    """Sorted per-tap eranks and the total agree with the framework's to 1e-4 relative (rows=all)."""
-    golden = json.loads((MODELS / f"{name}.golden.json").read_text())
-    result = onnx_near.score(MODELS / f"{name}.onnx", data=MODELS / golden["inputs"], rows="all")
-    got = sorted(l.erank for l in result.layers)
+def case_id(path: Path) -> str:
+    return str(path.relative_to(MODELS)).removesuffix(".golden.json")
+
+
+def test_the_corpus_is_there() -> None:
+    """The shipped models and the exporter corpus are all found."""
+    assert len(CASES) >= 4
+    assert {"mlp", "cnn", "transformer", "sklearn_mlp"} <= {case_id(p) for p in CASES}
+
+
+@pytest.mark.parametrize("golden_path", CASES, ids=case_id)
+def test_matches_framework_goldens(golden_path: Path) -> None:
+    """Tap count, sorted per-tap eranks and the total agree with the framework's (1e-4 relative, rows=all)."""
+    golden = json.loads(golden_path.read_text())
+    folder = golden_path.parent
+    result = onnx_near.score(folder / golden["model"], data=folder / golden["inputs"], rows="all")
+    got = sorted(layer.erank for layer in result.layers)
     want = sorted(t["erank"] for t in golden["taps"])
-    assert len(got) == len(want), "tap count differs from the framework's hooked modules"
+    assert len(got) == len(want), f"{len(got)} taps, the framework has {len(want)}: {[l.op for l in result.layers]}"
     assert got == pytest.approx(want, rel=1e-4)
     assert result.score == pytest.approx(golden["total"], rel=1e-4)
-    shapes = sorted(tuple(l.shape) for l in result.layers)
-    assert shapes == sorted(tuple(t["shape"]) for t in golden["taps"])
+    assert sorted(tuple(layer.shape) for layer in result.layers) == sorted(tuple(t["shape"]) for t in golden["taps"])
