@@ -116,6 +116,16 @@ _LAST_AXIS_OPS = {
 _INNER_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Softplus", "Exp", "Log", "Neg", "Sqrt"}
 _GATE_CORES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish", "Erf": "GELU (erf)", "Tanh": "GELU (tanh)"}
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
+# Quantised weighted ops: their integer outputs are not scored (quantised models are out of scope).
+_QUANTISED = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+}
 
 
 @dataclass(frozen=True)
@@ -414,6 +424,15 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
                         "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
                     )
                 )
+        elif n.op_type in _QUANTISED:
+            out.append(
+                Untappable(
+                    index.label(i),
+                    n.op_type,
+                    "a quantised layer: its integer output is not scored (onnx-near scores float models; "
+                    "score the model before quantisation)",
+                )
+            )
         elif n.domain == "com.microsoft.nchwc" and n.op_type == "Conv":
             out.append(
                 Untappable(

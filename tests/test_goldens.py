@@ -9,36 +9,29 @@ rows, never from onnx-near (see the make_*.py scripts in models/).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-import onnx_near
-
-MODELS = Path(__file__).resolve().parents[1] / "models"
-CASES = sorted(MODELS.rglob("*.golden.json"))
-
-
-def case_id(path: Path) -> str:
-    return str(path.relative_to(MODELS)).removesuffix(".golden.json")
+from corpus import REL_TOL, case_id, cases, evaluate, readme_section, render
 
 
 def test_the_corpus_is_there() -> None:
     """The shipped models and the exporter corpus are all found."""
-    assert len(CASES) >= 4
-    assert {"mlp", "cnn", "transformer", "sklearn_mlp"} <= {case_id(p) for p in CASES}
+    ids = {case_id(p) for p in cases()}
+    assert {"mlp", "cnn", "transformer", "sklearn_mlp"} <= ids
+    assert len(ids) >= 20
 
 
-@pytest.mark.parametrize("golden_path", CASES, ids=case_id)
+@pytest.mark.parametrize("golden_path", cases(), ids=case_id)
 def test_matches_framework_goldens(golden_path: Path) -> None:
-    """Tap count, sorted per-tap eranks and the total agree with the framework's (1e-4 relative, rows=all)."""
-    golden = json.loads(golden_path.read_text())
-    folder = golden_path.parent
-    result = onnx_near.score(folder / golden["model"], data=folder / golden["inputs"], rows="all")
-    got = sorted(layer.erank for layer in result.layers)
-    want = sorted(t["erank"] for t in golden["taps"])
-    assert len(got) == len(want), f"{len(got)} taps, the framework has {len(want)}: {[l.op for l in result.layers]}"
-    assert got == pytest.approx(want, rel=1e-4)
-    assert result.score == pytest.approx(golden["total"], rel=1e-4)
-    assert sorted(tuple(layer.shape) for layer in result.layers) == sorted(tuple(t["shape"]) for t in golden["taps"])
+    """Tap count, sorted per-tap eranks, matrix shapes and the total agree with the framework's (1e-4 relative, rows=all)."""
+    o = evaluate(golden_path)
+    assert len(o.got) == len(o.want), f"{len(o.got)} taps ({', '.join(o.ops)}), the framework has {len(o.want)}"
+    assert list(o.got) == pytest.approx(list(o.want), rel=REL_TOL)
+    assert o.score == pytest.approx(o.total, rel=REL_TOL)
+    assert o.got_shapes == o.want_shapes
+
+
+def test_readme_coverage_table_is_current() -> None:
+    """The README's coverage table is the one the corpus gives (regenerate: python tests/corpus.py --write-readme)."""
+    assert readme_section() == render([evaluate(p) for p in cases()])

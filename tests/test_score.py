@@ -215,3 +215,39 @@ def test_window_is_as_small_as_the_taps_allow() -> None:
     assert window_samples(geoms, "square", None, None) == 10
     assert window_samples(geoms, "square", 4, None) == 4
     assert window_samples(geoms, "all", 100, None) == 100
+
+
+def test_loop_body_is_reported_and_the_rest_scored(tmp_path: Path) -> None:
+    """Tensors inside a Loop body cannot be tapped: they are listed as skipped; the main graph is scored."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["v_in", "wb"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    g = Graph()
+    h = g.op("Relu", g.op("Gemm", g.input("x", ["N", 6]), g.weight(6, 8)))
+    g.const(np.random.default_rng(5).standard_normal((8, 8)), "wb")
+    trips, cond = (
+        g.const(np.array(3, np.int64), "trips", dtype=np.int64),
+        g.const(np.array(True), "cond", dtype=np.bool_),
+    )
+    g.nodes.append(helper.make_node("Loop", [trips, cond, h], ["y"], body=body, name="refine"))
+    g.output("y", ["N", 8])
+    r = onnx_near.score(save(g.model(infer=False, check=False), tmp_path / "loop.onnx"))
+    assert [l.op for l in r.layers] == ["Gemm", "Relu"]
+    (skipped,) = r.skipped
+    assert skipped.name == "refine" and skipped.op == "Loop" and "MatMul" in skipped.reason and "Tanh" in skipped.reason
