@@ -35,7 +35,12 @@ def _check(g: Graph, feeds: dict[str, np.ndarray], fused_op: str) -> tuple[onnx.
 
 @pytest.mark.parametrize(
     "activation,params,expect",
-    [("Relu", [], "Relu"), ("LeakyRelu", [0.2], "LeakyRelu"), ("Clip", [0.0, 6.0], "ReLU6 (Clip)"), ("Sigmoid", [], "Sigmoid")],
+    [
+        ("Relu", [], "Relu"),
+        ("LeakyRelu", [0.2], "LeakyRelu"),
+        ("Clip", [0.0, 6.0], "ReLU6 (Clip)"),
+        ("Sigmoid", [], "Sigmoid"),
+    ],
 )
 def test_fused_conv_splits_into_conv_and_activation(activation: str, params: list[float], expect: str) -> None:
     """FusedConv(activation=A) → Conv → A; the conv output is a pre tap again."""
@@ -58,7 +63,17 @@ def test_fused_conv_with_residual_sum() -> None:
     x = g.input("x", [1, 2, 5, 5])
     z = g.input("z", [1, 2, 5, 5])
     g.output(
-        g.op("FusedConv", x, g.weight(2, 2, 3, 3), g.weight(2), z, out="y", domain=MS, activation="Relu", pads=[1, 1, 1, 1]),
+        g.op(
+            "FusedConv",
+            x,
+            g.weight(2, 2, 3, 3),
+            g.weight(2),
+            z,
+            out="y",
+            domain=MS,
+            activation="Relu",
+            pads=[1, 1, 1, 1],
+        ),
         [1, 2, 5, 5],
     )
     rng = np.random.default_rng(1)
@@ -71,7 +86,17 @@ def test_fused_gemm_splits_into_gemm_and_activation() -> None:
     """FusedGemm(activation=LeakyRelu) keeps its transB and slope."""
     g = Graph(domains=[(MS, 1)])
     x = g.input("x", [4, 5])
-    y = g.op("FusedGemm", x, g.weight(3, 5), g.weight(3), out="y", domain=MS, activation="LeakyRelu", activation_alpha=0.3, transB=1)
+    y = g.op(
+        "FusedGemm",
+        x,
+        g.weight(3, 5),
+        g.weight(3),
+        out="y",
+        domain=MS,
+        activation="LeakyRelu",
+        activation_alpha=0.3,
+        transB=1,
+    )
     g.output(y, [4, 3])
     feeds = {"x": np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)}
     _, index = _check(g, feeds, "FusedGemm")
@@ -88,7 +113,10 @@ def test_bias_gelu_restores_the_biased_layer_output(op: str) -> None:
     feeds = {"x": np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)}
     _, index = _check(g, feeds, op)
     taps = plan_taps(index, "all").taps
-    assert [(t.op, t.role) for t in taps] == [("MatMul+Add", "pre"), (f"{'Gelu' if op == 'BiasGelu' else 'FastGelu'} ({MS})", "post")]
+    assert [(t.op, t.role) for t in taps] == [
+        ("MatMul+Add", "pre"),
+        (f"{'Gelu' if op == 'BiasGelu' else 'FastGelu'} ({MS})", "post"),
+    ]
 
 
 def test_skip_layer_norm_restores_the_dense_output_and_the_residual() -> None:
@@ -99,7 +127,11 @@ def test_skip_layer_norm_restores_the_dense_output_and_the_residual() -> None:
     mm = g.op("MatMul", h, g.weight(4, 4))
     g.nodes.append(
         onnx.helper.make_node(
-            "SkipLayerNormalization", [x, mm, g.weight(4), g.weight(4), g.weight(4)], ["y", "", "", "s"], domain=MS, epsilon=1e-5
+            "SkipLayerNormalization",
+            [x, mm, g.weight(4), g.weight(4), g.weight(4)],
+            ["y", "", "", "s"],
+            domain=MS,
+            epsilon=1e-5,
         )
     )
     g.output("y", [2, 3, 4])
@@ -107,7 +139,10 @@ def test_skip_layer_norm_restores_the_dense_output_and_the_residual() -> None:
     rng = np.random.default_rng(4)
     feeds = {k: rng.standard_normal((2, 3, 4)).astype(np.float32) for k in ("x", "h")}
     _, index = _check(g, feeds, "SkipLayerNormalization")
-    assert [(t.op, t.role) for t in plan_taps(index, "all").taps] == [("MatMul+Add", "pre"), ("LayerNormalization", "pre")]
+    assert [(t.op, t.role) for t in plan_taps(index, "all").taps] == [
+        ("MatMul+Add", "pre"),
+        ("LayerNormalization", "pre"),
+    ]
 
 
 def test_unknown_fused_activation_is_left_alone() -> None:

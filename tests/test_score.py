@@ -251,3 +251,15 @@ def test_loop_body_is_reported_and_the_rest_scored(tmp_path: Path) -> None:
     assert [l.op for l in r.layers] == ["Gemm", "Relu"]
     (skipped,) = r.skipped
     assert skipped.name == "refine" and skipped.op == "Loop" and "MatMul" in skipped.reason and "Tanh" in skipped.reason
+
+
+def test_exporter_shape_quirks_do_not_stop_scoring(tmp_path: Path) -> None:
+    """No value_info, outputs without shapes, an unnamed dynamic batch dim: the same score as the tidy model."""
+    m = onnx.load(str(MODELS / "cnn.onnx"))
+    del m.graph.value_info[:]
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()  # neither dim_value nor dim_param
+    quirky = onnx_near.score(save(m, tmp_path / "quirky.onnx"), seed=2)
+    tidy = onnx_near.score(MODELS / "cnn.onnx", seed=2)
+    assert quirky.scores == tidy.scores
