@@ -116,9 +116,7 @@ def build(kind: str, activation: str) -> str:
     else:
         np.testing.assert_allclose(outs[0].reshape(-1), est.predict(x_test), rtol=0, atol=ATOL)
 
-    write_golden(
-        OUT_DIR, name, f"scikit-learn {sklearn.__version__}", OPSET, taps, "skl2onnx", f"{kind} {activation}"
-    )
+    write_golden(OUT_DIR, name, f"scikit-learn {sklearn.__version__}", OPSET, taps, "skl2onnx", f"{kind} {activation}")
     return name
 
 

@@ -394,7 +394,46 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
             if all(index.is_const(x) for x in n.input[:2]):
                 continue
             sites.append(_with_bias(index, n.output[0], n.op_type, i))
+        elif key == ("", "Mul"):
+            site = _affine(index, n)
+            if site is not None:
+                sites.append(site)
     return sites
+
+
+def _affine(index: GraphIndex, n: onnx.NodeProto) -> LayerSite | None:
+    """``Mul`` by a constant vector, then ``Add`` of a constant vector: a decomposed affine
+    normalisation (BatchNorm as tf2onnx writes it, LayerNorm before opset 17).  The scale
+    and shift must hold more than one value, so scalar arithmetic (GELU's 0.5, +1) is not
+    mistaken for a layer."""
+    if len(n.input) != 2:
+        return None
+    scale = next((x for x in n.input if index.is_const(x)), None)
+    if scale is None or all(index.is_const(x) for x in n.input) or not _is_vector(index, scale):
+        return None
+    out = n.output[0]
+    users = index.consumers.get(out, [])
+    if len(users) != 1 or out in index.graph_outputs:
+        return None
+    j = users[0]
+    m = index.nodes[j]
+    shift = _other_input(m, out)
+    if m.op_type != "Add" or m.domain not in ("", "ai.onnx") or shift is None or not index.is_const(shift):
+        return None
+    if not _is_vector(index, shift):
+        return None
+    return LayerSite(m.output[0], "Mul+Add (affine)", j)
+
+
+def _is_vector(index: GraphIndex, name: str) -> bool:
+    """True when the constant ``name`` has more than one element and one non-unit dim."""
+    dims = index.dims(name)
+    if dims is None:
+        v = index.const_value(name)
+        dims = list(v.shape) if v is not None else None
+    if dims is None or not all(isinstance(d, int) for d in dims):
+        return False
+    return sum(1 for d in dims if d != 1) == 1
 
 
 def _with_bias(index: GraphIndex, out: str, op: str, i: int) -> LayerSite:

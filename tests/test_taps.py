@@ -598,3 +598,21 @@ def test_pattern_nodes_include_the_scaling_of_x() -> None:
     )
     ops = sorted(index.nodes[i].op_type for i in site.nodes)
     assert half in site.nodes and ops == ["Add", "Erf", "Mul", "Mul", "Mul"]
+
+
+def test_decomposed_batchnorm_is_a_layer() -> None:
+    """Conv → Mul(γ per channel) → Add(β per channel), as tf2onnx writes BatchNorm: the Add output is a layer."""
+    g = Graph()
+    c = g.op("Conv", g.input("x", [1, 2, 5, 5]), g.weight(3, 2, 3, 3), out="c")
+    bn = g.op("Add", g.op("Mul", c, g.weight(1, 3, 1, 1)), g.weight(1, 3, 1, 1), out="bn")
+    g.output(g.op("Relu", bn, out="y"))
+    plan = plan_taps(g.index(), mode="all")
+    assert [(t.tensor, t.op, t.axis) for t in plan.taps] == [("c", "Conv", 1), ("bn", "Mul+Add (affine)", 1), ("y", "Relu", 1)]
+
+
+def test_scalar_scale_and_shift_is_not_a_layer() -> None:
+    """Mul by a scalar then Add of a scalar is arithmetic, not a learned affine layer."""
+    g = Graph()
+    x = g.input("x", [2, 4])
+    g.output(g.op("Add", g.op("Mul", x, g.const(0.5)), g.const(np.ones(1))))
+    assert find_layers(g.index()) == []
