@@ -249,7 +249,7 @@ def _dims(s: tuple[int | str | None, ...] | None) -> str:
 
 def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    widths = [min(w, 48) for w in widths]
+    widths = [min(w, 48) for w in widths[:-1]] + widths[-1:]  # the last column is never cut
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(_clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
