@@ -34,6 +34,9 @@ class ScoreConfig:
         batch_size: samples per forward pass; ``None`` picks it from ``max_batch_bytes``.
         max_batch_bytes: memory budget for the tap outputs of one forward pass.
         samples: number of synthetic samples when ``rows="all"`` and no data is given.
+        reinit: re-draw the layer weights with this scheme (see :mod:`onnx_near.reinit`)
+            before each repetition, as the authors' code does; None keeps the model's weights.
+        threads: onnxruntime intra-op threads (0: onnxruntime's default, all cores).
     """
 
     rows: Rows = "square"
@@ -46,6 +49,8 @@ class ScoreConfig:
     batch_size: int | None = None
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     samples: int | None = None
+    reinit: str | None = None
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.rows, bool) or not (
@@ -64,6 +69,15 @@ class ScoreConfig:
             raise ConfigError(f"batch_size must be a positive integer, not {self.batch_size!r}")
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
             raise ConfigError(f"samples must be a positive integer, not {self.samples!r}")
+        if self.reinit is not None:
+            from .reinit import SCHEMES
+
+            if self.reinit not in SCHEMES:
+                raise ConfigError(
+                    f"unknown initialisation scheme {self.reinit!r}; expected one of {', '.join(SCHEMES)}"
+                )
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"threads must be a non-negative integer, not {self.threads!r}")
         if not isinstance(self.max_batch_bytes, int) or self.max_batch_bytes < 1:
             raise ConfigError(f"max_batch_bytes must be a positive integer, not {self.max_batch_bytes!r}")
 

@@ -10,8 +10,14 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .choose import Ranking
+    from .rank import RankResult
+    from .width import WidthEstimate
 
 SCHEMA_VERSION = 1
 DIRECTION = "higher is better: a higher NEAR score predicts higher accuracy after training"
@@ -62,6 +68,7 @@ class ScoreResult:
     rows: str
     taps: str
     params: int
+    macs: int | None  # multiply-accumulates per sample (None when shapes are unknown)
     layers: tuple[LayerScore, ...]
     skipped: tuple[Skipped, ...]
     warnings: tuple[str, ...] = ()
@@ -90,6 +97,7 @@ class ScoreResult:
             "rows": self.rows,
             "taps": self.taps,
             "params": self.params,
+            "macs": self.macs,
             "layers": [
                 {**asdict(l), "shape": list(l.shape), "erank": _num(l.erank), "erank_std": _num(l.erank_std)}
                 for l in self.layers
@@ -143,9 +151,23 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def to_json(report: ScoreResult | LayersReport) -> str:
-    """One JSON document."""
-    return json.dumps(report.to_dict(), indent=2)
+class _Reportable(Protocol):
+    def to_dict(self) -> Mapping[str, Any]: ...
+
+
+def to_json(report: _Reportable) -> str:
+    """One JSON document (NaN and infinities become null)."""
+    return json.dumps(_finite(report.to_dict()), indent=2)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def score_table(r: ScoreResult) -> str:
@@ -259,3 +281,78 @@ def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def rank_table(r: RankResult) -> str:
+    """Models best first with NEAR, parameters, MACs (and accuracy), then the correlations."""
+    rows = [
+        (
+            str(k + 1) if m.error is None else "-",
+            m.model,
+            f"{m.score:.3f} ± {m.score_std:.3f}" if m.error is None else f"failed: {m.error}",
+            f"{m.params:,}" if m.params is not None else "?",
+            f"{m.macs:,}" if m.macs is not None else "?",
+            f"{m.accuracy:.4f}" if m.accuracy is not None else "",
+        )
+        for k, m in enumerate(r.models)
+    ]
+    lines = [_grid(("#", "model", "NEAR", "params", "MACs", "accuracy"), rows), "", "higher NEAR is better"]
+    if r.correlation:
+        corr = [
+            (name, f"{c.kendall_tau:.3f}", f"{c.spearman_rho:.3f}", f"{c.top_k_precision:.3f}")
+            for name, c in r.correlation.items()
+        ]
+        lines += ["", _grid(("predictor", "Kendall τ", "Spearman ρ", f"top-{r.top_k} precision"), corr)]
+    return "\n".join(lines)
+
+
+def rank_csv(r: RankResult) -> str:
+    """One CSV row per model, best first."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "model", "score", "score_std", "params", "macs", "accuracy", "error"])
+    for k, m in enumerate(r.models):
+        w.writerow(
+            [
+                k + 1 if m.error is None else "",
+                m.model,
+                "" if math.isnan(m.score) else repr(m.score),
+                "" if math.isnan(m.score_std) else repr(m.score_std),
+                m.params if m.params is not None else "",
+                m.macs if m.macs is not None else "",
+                m.accuracy if m.accuracy is not None else "",
+                m.error or "",
+            ]
+        )
+    return buf.getvalue().rstrip("\n")
+
+
+def choice_table(r: Ranking) -> str:
+    """Candidates (activations or initialisations) best first."""
+    rows = [(str(k + 1), c.name, f"{c.score:.3f}", f"{c.score_std:.3f}") for k, c in enumerate(r.candidates)]
+    head = f"model {r.model} · {r.repetitions} repetitions each, same seed for every candidate"
+    return "\n".join([head, "", _grid(("#", r.kind, "NEAR", "std"), rows), "", "higher NEAR is better"])
+
+
+def width_table(e: WidthEstimate) -> str:
+    """The candidates' layer scores, the fit and the estimated width."""
+    rows = [
+        (str(w), f"{s:.3f}", f"{r:.4f}", f"{float(e.fit(w)):.4f}")
+        for w, s, r in zip(e.widths, e.layer_scores, e.relative_scores)
+    ]
+    f = e.fit
+    est = (
+        "none (the relative score does not decay)"
+        if math.isinf(e.estimate)
+        else f"{e.estimate:.1f} → width {math.ceil(e.estimate)}"
+    )
+    other = "none" if math.isinf(e.other) else f"{e.other:.1f}"
+    return "\n".join(
+        [
+            _grid(("width", "layer NEAR", "relative", "fit"), rows),
+            "",
+            f"fit f(s) = {f.alpha:.4f} + {f.beta:.4f}·s^{f.gamma:.4f}  (R² {f.r2:.4f}, with (1, 1) prepended)",
+            f"estimated width ({e.slope} slope threshold {e.threshold:g}): {est}",
+            f"with the {'absolute' if e.slope == 'relative' else 'relative'} slope reading: {other}",
+        ]
+    )

@@ -30,13 +30,22 @@ class Runner:
     """An onnxruntime session over the rewritten model, returning the requested outputs."""
 
     def __init__(
-        self, model: onnx.ModelProto, base_dir: Path, device: str, outputs: Sequence[str], label: str = "model"
+        self,
+        model: onnx.ModelProto,
+        base_dir: Path,
+        device: str,
+        outputs: Sequence[str],
+        label: str = "model",
+        threads: int = 0,
     ):
         self.outputs = list(outputs)
         self.label = label
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
         self.session = self._create(model, options, providers)
         got = self.session.get_providers()

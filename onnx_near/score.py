@@ -17,12 +17,14 @@ import numpy as np
 import onnx
 
 from .config import ScoreConfig
+from .cost import count_macs
 from .erank import effective_rank
 from .errors import InputDataError, NonFiniteMatrixError, NoTapsError
 from .graph import parameter_count
 from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
 from .load import load_model
 from .matrices import Collector, Geometry, draw_blocks, geometry, window_samples
+from .reinit import reinitialize
 from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
 from .rewrite import analyse, prepare
 from .run import Runner
@@ -66,9 +68,9 @@ def score(
     timings["load_rewrite"] = perf_counter() - t0
 
     t0 = perf_counter()
-    runner = Runner(
-        prepared.model, loaded.base_dir, cfg.device, [t.tensor for t in plan.taps], label=repr(loaded.path.name)
-    )
+    outputs = [t.tensor for t in plan.taps]
+    label = repr(loaded.path.name)
+    runner = Runner(prepared.model, loaded.base_dir, cfg.device, outputs, label=label, threads=cfg.threads)
     timings["session"] = perf_counter() - t0
 
     t0 = perf_counter()
@@ -104,6 +106,11 @@ def score(
     shapes: dict[str, tuple[int, int]] = {}
     invalid: dict[str, str] = {}
     for _ in range(cfg.repetitions):
+        if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
+            t0 = perf_counter()
+            model = reinitialize(prepared.model, cfg.reinit, rng)
+            runner = Runner(model, loaded.base_dir, cfg.device, outputs, label=label, threads=cfg.threads)
+            timings["session"] += perf_counter() - t0
         t0 = perf_counter()
         slack = (available - samples) if available is not None and cfg.rows != "all" else 0
         start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
@@ -159,6 +166,7 @@ def score(
         rows=str(cfg.rows),
         taps=cfg.taps,
         params=parameter_count(index),
+        macs=count_macs(index.model, {s.name: s.sample_shape for s in specs}),
         layers=layers,
         skipped=tuple(skipped),
         warnings=tuple(warnings),

@@ -607,7 +607,11 @@ def test_decomposed_batchnorm_is_a_layer() -> None:
     bn = g.op("Add", g.op("Mul", c, g.weight(1, 3, 1, 1)), g.weight(1, 3, 1, 1), out="bn")
     g.output(g.op("Relu", bn, out="y"))
     plan = plan_taps(g.index(), mode="all")
-    assert [(t.tensor, t.op, t.axis) for t in plan.taps] == [("c", "Conv", 1), ("bn", "Mul+Add (affine)", 1), ("y", "Relu", 1)]
+    assert [(t.tensor, t.op, t.axis) for t in plan.taps] == [
+        ("c", "Conv", 1),
+        ("bn", "Mul+Add (affine)", 1),
+        ("y", "Relu", 1),
+    ]
 
 
 def test_scalar_scale_and_shift_is_not_a_layer() -> None:
