@@ -34,16 +34,23 @@ from common import ATOL, ort_run, write_golden
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 SHIPPED = ["mlp", "cnn", "transformer", "sklearn_mlp"]
+# Cases of the PyTorch corpus that the optimiser fuses in other ways (FusedConv with a
+# residual sum, FusedGemm with LeakyRelu/Sigmoid, contrib Gelu, BiasGelu in nn.TransformerEncoder).
+TORCH_CASES = ["resblock", "mlp_gelu", "mlp_leakyrelu", "mlp_sigmoid", "transformer_encoder"]
 OPSETS = [18, 21, 23, 25, 26]  # 26: the newest opset onnxruntime 1.31 accepts (onnx knows up to 28)
 
 
-def _golden(name: str) -> dict:
-    return json.loads((HERE / f"{name}.golden.json").read_text())
+def _golden(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.golden.json").read_text())
 
 
 def _drop_folded_convs(taps: list[dict]) -> list[dict]:
     """Without the Conv taps that a BatchNorm tap follows directly (folded by the optimiser)."""
-    return [t for k, t in enumerate(taps) if not (t["type"].startswith("Conv") and k + 1 < len(taps) and taps[k + 1]["type"].startswith("BatchNorm"))]
+    return [
+        t
+        for k, t in enumerate(taps)
+        if not (t["type"].startswith("Conv") and k + 1 < len(taps) and taps[k + 1]["type"].startswith("BatchNorm"))
+    ]
 
 
 def _same_outputs(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> None:
@@ -52,27 +59,32 @@ def _same_outputs(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> None:
             np.testing.assert_allclose(y, x, rtol=0, atol=ATOL)
 
 
-def _feeds(name: str) -> dict[str, np.ndarray]:
-    with np.load(HERE / f"{name}.inputs.npz") as z:
+def _feeds(folder: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(folder / f"{name}.inputs.npz") as z:
         return {k: z[k] for k in z.files}
 
 
 def build_ort_extended() -> None:
     out = CORPUS / "ort-extended"
     out.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED:
+    sources = [(HERE, n, n) for n in SHIPPED] + [
+        (CORPUS / "torch-torchscript", n, f"torchscript_{n}") for n in TORCH_CASES
+    ]
+    for folder, source, name in sources:
         target = out / f"{name}.onnx"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(target)
-        ort.InferenceSession(str(HERE / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(folder / f"{source}.onnx"), options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(target))
         contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
         assert contrib, f"{name}: the optimiser fused nothing"
-        _same_outputs(HERE / f"{name}.onnx", target, _feeds(name))
-        shutil.copyfile(HERE / f"{name}.inputs.npz", out / f"{name}.inputs.npz")
-        g = _golden(name)
-        folded = any(n.op_type == "FusedConv" for n in model.graph.node) and any(t["type"].startswith("BatchNorm") for t in g["taps"])
+        _same_outputs(folder / f"{source}.onnx", target, _feeds(folder, source))
+        shutil.copyfile(folder / f"{source}.inputs.npz", out / f"{name}.inputs.npz")
+        g = _golden(folder, source)
+        folded = any(n.op_type == "FusedConv" for n in model.graph.node) and any(
+            t["type"].startswith("BatchNorm") for t in g["taps"]
+        )
         taps = _drop_folded_convs(g["taps"]) if folded else g["taps"]
         kind = f"{g['kind']} with {', '.join(contrib)}"
         write_golden(out, name, g["framework"], g["opset"], taps, exporter="onnxruntime ORT_ENABLE_EXTENDED", kind=kind)
@@ -90,10 +102,18 @@ def build_opsets() -> None:
             model.ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
             onnx.checker.check_model(model)
             onnx.save(model, str(out / f"{case}.onnx"))
-            _same_outputs(HERE / f"{name}.onnx", out / f"{case}.onnx", _feeds(name))
+            _same_outputs(HERE / f"{name}.onnx", out / f"{case}.onnx", _feeds(HERE, name))
             shutil.copyfile(HERE / f"{name}.inputs.npz", out / f"{case}.inputs.npz")
-            g = _golden(name)
-            write_golden(out, case, g["framework"], opset, g["taps"], exporter="onnx.version_converter", kind=f"{g['kind']} at opset {opset}")
+            g = _golden(HERE, name)
+            write_golden(
+                out,
+                case,
+                g["framework"],
+                opset,
+                g["taps"],
+                exporter="onnx.version_converter",
+                kind=f"{g['kind']} at opset {opset}",
+            )
             print(f"onnx-version-converter/{case}")
 
 

@@ -202,8 +202,29 @@ def find_activations(index: GraphIndex) -> list[ActivationSite]:
             continue
         kind = _native_kind(index, n)
         if kind is not None:
-            sites.append(ActivationSite(n.input[0], n.output[0], kind, i, frozenset({i})))
+            sites.append(_with_threshold(index, ActivationSite(n.input[0], n.output[0], kind, i, frozenset({i}))))
     return sorted(sites, key=lambda s: s.node)
+
+
+def _with_threshold(index: GraphIndex, site: ActivationSite) -> ActivationSite:
+    """Absorb ``Where(x > t, x, act(x))``, the threshold PyTorch's dynamo exporter puts
+    around Softplus: the activation's output is then the Where's."""
+    users = index.consumers.get(site.post, [])
+    if len(users) != 1 or site.post in index.graph_outputs:
+        return site
+    j = users[0]
+    w = index.nodes[j]
+    if w.op_type != "Where" or len(w.input) != 3 or set(w.input[1:]) != {site.pre, site.post}:
+        return site
+    cond = index.nodes[index.producer[w.input[0]]] if w.input[0] in index.producer else None
+    if (
+        cond is None
+        or cond.op_type not in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual")
+        or site.pre not in cond.input
+    ):
+        return site
+    c = index.producer[w.input[0]]
+    return ActivationSite(site.pre, w.output[0], site.kind, j, site.nodes | {j, c})
 
 
 def _fused_activation(n: onnx.NodeProto) -> str:

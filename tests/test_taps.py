@@ -620,3 +620,13 @@ def test_scalar_scale_and_shift_is_not_a_layer() -> None:
     x = g.input("x", [2, 4])
     g.output(g.op("Add", g.op("Mul", x, g.const(0.5)), g.const(np.ones(1))))
     assert find_layers(g.index()) == []
+
+
+def test_dynamo_softplus_threshold_is_part_of_the_activation() -> None:
+    """Where(x > 20, x, Softplus(x)) (PyTorch's dynamo exporter): the post-activation is the Where output."""
+    g = Graph()
+    x = source(g, "gemm")
+    sp = g.op("Softplus", x, out="sp")
+    y = g.output(g.op("Where", g.op("Greater", x, g.const(20.0)), x, sp, out="y"))
+    (site,) = find_activations(g.index())
+    assert (site.pre, site.post, site.kind) == (x, y, "Softplus")
