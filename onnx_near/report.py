@@ -38,6 +38,7 @@ class LayerScore:
     axis: int
     status: str = "ok"  # "ok" or "invalid"
     reason: str | None = None
+    row_starts: tuple[int, ...] = ()  # per repetition: the block's first row in the window's rows
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ScoreResult:
     skipped: tuple[Skipped, ...]
     warnings: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    window_starts: tuple[int, ...] = ()  # per repetition: the window's first sample in the data
 
     @property
     def valid(self) -> bool:
@@ -103,6 +105,7 @@ class ScoreResult:
                 for l in self.layers
             ],
             "skipped": [asdict(s) for s in self.skipped],
+            "window_starts": list(self.window_starts),
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 6) for k, v in self.timings.items()},
         }

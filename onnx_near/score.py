@@ -105,6 +105,8 @@ def score(
     eranks: dict[str, list[float]] = {t.tensor: [] for t in taps}
     shapes: dict[str, tuple[int, int]] = {}
     invalid: dict[str, str] = {}
+    windows: list[int] = []  # first sample of each repetition's window, in the data
+    row_starts: dict[str, list[int]] = {}  # first row of each tap's block, per repetition
     for _ in range(cfg.repetitions):
         if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
             t0 = perf_counter()
@@ -114,7 +116,11 @@ def score(
         t0 = perf_counter()
         slack = (available - samples) if available is not None and cfg.rows != "all" else 0
         start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-        collector = Collector(geoms, draw_blocks(geoms, cfg.rows, samples, rng))
+        blocks = draw_blocks(geoms, cfg.rows, samples, rng)
+        windows.append(start)
+        for name, b in blocks.items():
+            row_starts.setdefault(name, []).append(b.start)
+        collector = Collector(geoms, blocks)
         need = collector.samples_needed
         window = source.window(start, need, rng)
         lo = 0
@@ -150,6 +156,7 @@ def score(
             axis=geoms[t.tensor].axis,
             status="invalid" if t.tensor in invalid else "ok",
             reason=invalid.get(t.tensor),
+            row_starts=tuple(row_starts[t.tensor]),
         )
         for k, t in enumerate(taps)
     )
@@ -167,6 +174,7 @@ def score(
         taps=cfg.taps,
         params=parameter_count(index),
         macs=count_macs(index.model, {s.name: s.sample_shape for s in specs}),
+        window_starts=tuple(windows),
         layers=layers,
         skipped=tuple(skipped),
         warnings=tuple(warnings),
