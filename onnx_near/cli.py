@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .choose import rank_activations, rank_inits
-from .config import ScoreConfig, parse_axis, parse_rows, parse_shape
+from .config import ScoreConfig, parse_axis, parse_rows, parse_shape, parse_size
 from .errors import ConfigError, NearError
 from .rank import rank_models, read_accuracies
 from .reinit import SCHEMES
@@ -33,10 +33,12 @@ from .report import (
     score_csv,
     score_table,
     to_json,
+    vet_table,
     width_table,
 )
 from .score import describe, score
 from .variants import CANDIDATES
+from .vet import VetChecks, vet
 from .width import estimate_from_models, estimate_width
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -169,6 +171,15 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             metavar="TENSOR=K",
             help="Feature axis of a tap tensor (overrides the inferred one).",
         ),
+        click.option(
+            "--max-memory",
+            default=None,
+            metavar="SIZE",
+            help="Memory limit, e.g. 8G (default: half the machine's memory).",
+        ),
+        click.option(
+            "--timeout", type=float, default=None, metavar="SECONDS", help="Stop a model that runs longer than this."
+        ),
     )
 
 
@@ -181,9 +192,14 @@ def _config(
     batch_size: int | None,
     strict: bool,
     axes: tuple[str, ...],
+    max_memory: str | None = None,
+    timeout: float | None = None,
     **extra: Any,
 ) -> ScoreConfig:
+    if max_memory is not None:
+        extra["max_memory"] = parse_size(max_memory)
     return ScoreConfig(
+        timeout=timeout,
         rows=parse_rows(rows),
         repetitions=repetitions,
         seed=seed,
@@ -419,6 +435,61 @@ def width_cmd(
 
         plot_width(estimate, plot)
     _emit(to_json(estimate) if fmt == "json" else width_table(estimate), output)
+
+
+@main.command("vet")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--min-score", type=float, default=None, help="Fail when the total NEAR score is below this.")
+@click.option(
+    "--min-layer-ratio",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Fail a tap whose erank / width is below this (collapsed).",
+)
+@click.option(
+    "--max-saturation",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Fail a bounded activation with more of its values at its bounds.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False),
+    help="Reference model (.onnx) or saved JSON report to compare each tap with.",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Fail a tap whose erank dropped by more than this share of the baseline's.",
+)
+@_scoring()
+@_format("table", "json")
+@_output
+@_guarded
+def vet_cmd(
+    model: str,
+    min_score: float | None,
+    min_layer_ratio: float,
+    max_saturation: float,
+    baseline: str | None,
+    max_drop: float,
+    data: str | None,
+    fmt: str,
+    output: str | None,
+    **opts: Any,
+) -> None:
+    """Vet MODEL before it ships: collapsed, broken or saturated layers, and drops against a baseline.
+
+    Exit code 0: passed; 1: a check failed; 2: the model could not be vetted.
+    """
+    checks = VetChecks(min_score, min_layer_ratio, max_saturation, max_drop)
+    result = vet(model, data, _config(**_drop_logging(opts)), checks, baseline)
+    _emit(to_json(result) if fmt == "json" else vet_table(result), output)
+    sys.exit(result.exit_code)
 
 
 def _ints(text: str, option: str) -> list[int]:

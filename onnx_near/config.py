@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Union
@@ -13,6 +14,14 @@ Device = Literal["auto", "cpu", "cuda"]
 TapMode = Literal["all", "activations"]
 
 DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+def default_max_memory() -> int:
+    """Half of this machine's physical memory (4 GiB when it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,10 @@ class ScoreConfig:
         reinit: re-draw the layer weights with this scheme (see :mod:`onnx_near.reinit`)
             before each repetition, as the authors' code does; None keeps the model's weights.
         threads: onnxruntime intra-op threads (0: onnxruntime's default, all cores).
+        max_memory: bytes the model's weights, one batch of inputs and tap outputs, and the
+            matrices kept may take; a model or request that needs more is refused up front.
+        timeout: seconds the whole computation may run (None: no limit); onnxruntime is
+            stopped mid-run when it passes.
     """
 
     rows: Rows = "square"
@@ -51,6 +64,8 @@ class ScoreConfig:
     samples: int | None = None
     reinit: str | None = None
     threads: int = 0
+    max_memory: int = field(default_factory=default_max_memory)
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rows, bool) or not (
@@ -78,6 +93,10 @@ class ScoreConfig:
                 )
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"threads must be a non-negative integer, not {self.threads!r}")
+        if not isinstance(self.max_memory, int) or self.max_memory < 1:
+            raise ConfigError(f"max_memory must be a positive number of bytes, not {self.max_memory!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
         if not isinstance(self.max_batch_bytes, int) or self.max_batch_bytes < 1:
             raise ConfigError(f"max_batch_bytes must be a positive integer, not {self.max_batch_bytes!r}")
 
@@ -120,3 +139,16 @@ def parse_axis(text: str) -> tuple[str, int]:
 
 def _bad_axis(text: str) -> tuple[str, int]:
     raise ConfigError(f"--axis expects TENSOR=K with an integer axis K, not {text!r}")
+
+
+def parse_size(text: str) -> int:
+    """Parse a memory size such as ``8G``, ``512M`` or ``1073741824`` into bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError as e:
+        raise ConfigError(f"--max-memory expects a size such as 8G or 512M, not {text!r}") from e
+    if value < 1:
+        raise ConfigError(f"--max-memory must be positive, not {text!r}")
+    return int(value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.defs
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError
@@ -62,7 +63,70 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelLoadError(f"{str(p)!r} is not an ONNX model: it parsed, but holds no IR version or no graph nodes")
     _check_external_data(proto, p)
+    _check_graph(proto, p)
     return LoadedModel(proto=proto, path=p.resolve())
+
+
+def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
+    """Every node reads tensors that exist, the graph has no cycle, and its ops are known.
+
+    Nodes that are merely out of order are put in topological order (in ``proto``).
+    """
+    g = proto.graph
+    available = {v.name for v in g.input} | {t.name for t in g.initializer} | {""}
+    producers = {o: n for n in g.node for o in n.output if o}
+    for n in g.node:
+        for x in n.input:
+            if x not in available and x not in producers:
+                raise ModelLoadError(
+                    f"{path.name!r} is broken: node {n.name or n.op_type!r} reads tensor {x!r}, which no node, input or initializer provides"
+                )
+    order = _topological(g, available)
+    if len(order) < len(g.node):
+        stuck = [n.name or n.op_type for n in g.node if id(n) not in {id(m) for m in order}]
+        raise ModelLoadError(
+            f"{path.name!r} is broken: its graph has a cycle through node(s) {', '.join(map(repr, stuck[:3]))}"
+        )
+    if [id(n) for n in order] != [id(n) for n in g.node]:
+        sorted_nodes = [onnx.NodeProto() for _ in order]
+        for target, n in zip(sorted_nodes, order):
+            target.CopyFrom(n)
+        del g.node[:]
+        g.node.extend(sorted_nodes)
+    imported = {o.domain if o.domain != "ai.onnx" else "" for o in proto.opset_import}
+    for n in g.node:
+        domain = n.domain if n.domain != "ai.onnx" else ""
+        if domain not in imported and not any(f.name == n.op_type and f.domain == n.domain for f in proto.functions):
+            raise ModelLoadError(
+                f"{path.name!r}: node {n.name or n.op_type!r} uses op {n.op_type!r} of domain {domain or 'ai.onnx'!r}, "
+                "which the model does not import"
+            )
+        if domain in ("", "ai.onnx.ml") and not onnx.defs.has(n.op_type, domain):
+            if not any(f.name == n.op_type and f.domain == n.domain for f in proto.functions):
+                raise ModelLoadError(
+                    f"{path.name!r}: node {n.name or n.op_type!r} uses op {n.op_type!r}, which domain "
+                    f"{domain or 'ai.onnx'!r} does not define"
+                )
+
+
+def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:
+    """The nodes in an order where each comes after the producers of its inputs (Kahn)."""
+    done = set(available)
+    pending = list(g.node)
+    order: list[onnx.NodeProto] = []
+    progress = True
+    while pending and progress:
+        progress = False
+        rest = []
+        for n in pending:
+            if all(x in done for x in n.input):
+                order.append(n)
+                done.update(o for o in n.output if o)
+                progress = True
+            else:
+                rest.append(n)
+        pending = rest
+    return order
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:

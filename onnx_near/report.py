@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .choose import Ranking
     from .rank import RankResult
+    from .vet import VetResult
     from .width import WidthEstimate
 
 SCHEMA_VERSION = 1
@@ -39,6 +40,7 @@ class LayerScore:
     status: str = "ok"  # "ok" or "invalid"
     reason: str | None = None
     row_starts: tuple[int, ...] = ()  # per repetition: the block's first row in the window's rows
+    saturation: float | None = None  # bounded activations: share of values within 1 % of a bound
 
 
 @dataclass(frozen=True)
@@ -359,3 +361,26 @@ def width_table(e: WidthEstimate) -> str:
             f"with the {'absolute' if e.slope == 'relative' else 'relative'} slope reading: {other}",
         ]
     )
+
+
+def vet_table(v: VetResult) -> str:
+    """Per tap: erank, width, rank ratio, saturation, baseline, and what failed; then the verdict."""
+    rows = [
+        (
+            str(l.index),
+            l.name,
+            l.op,
+            l.role,
+            _fmt(l.erank),
+            str(l.width),
+            "nan" if math.isnan(l.rank_ratio) else f"{l.rank_ratio:.3f}",
+            "" if l.saturation is None else f"{l.saturation:.0%}",
+            "" if l.baseline_erank is None else _fmt(l.baseline_erank),
+            "; ".join(p.split(":")[0] for p in l.problems) or "ok",
+        )
+        for l in v.layers
+    ]
+    head = ("#", "layer", "op", "role", "erank", "width", "ratio", "saturated", "baseline", "check")
+    verdict = "PASSED" if v.passed else f"FAILED ({len(v.findings)} finding{'s' if len(v.findings) != 1 else ''})"
+    lines = [f"model {v.report.model}", "", _grid(head, rows), "", f"NEAR score {_fmt(v.report.score)} · {verdict}"]
+    return "\n".join(lines + [f"  {f}" for f in v.findings])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -37,9 +39,11 @@ class Runner:
         outputs: Sequence[str],
         label: str = "model",
         threads: int = 0,
+        deadline: float | None = None,
     ):
         self.outputs = list(outputs)
         self.label = label
+        self.deadline = deadline  # time.monotonic() value after which runs are stopped
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -77,11 +81,29 @@ class Runner:
             ort.set_default_logger_severity(previous)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; return the requested outputs by name."""
+        """Run one batch; return the requested outputs by name.
+
+        Past the deadline the run is stopped (onnxruntime's terminate flag) and
+        :class:`RunError` says the time limit was reached.
+        """
+        options = ort.RunOptions()
+        timer = None
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)")
+            timer = threading.Timer(remaining, lambda: setattr(options, "terminate", True))
+            timer.daemon = True
+            timer.start()
         try:
-            values = self.session.run(self.outputs, dict(feeds))
+            values = self.session.run(self.outputs, dict(feeds), options)
         except Exception as e:
+            if options.terminate:
+                raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)") from e
             raise RunError(f"onnxruntime failed to run {self.label}: {_ort_message(e)}") from e
+        finally:
+            if timer is not None:
+                timer.cancel()
         return dict(zip(self.outputs, values))
 
 

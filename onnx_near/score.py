@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import replace
 from time import perf_counter
 from typing import Any
@@ -16,10 +17,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import budget
 from .config import ScoreConfig
 from .cost import count_macs
 from .erank import effective_rank
-from .errors import InputDataError, NonFiniteMatrixError, NoTapsError
+from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
 from .graph import parameter_count
 from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
 from .load import load_model
@@ -57,20 +59,23 @@ def score(
         one :class:`LayerScore` per tap, and what could not be scored.  Higher is better.
     """
     cfg = make_config(config, **options)
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else None
     timings: dict[str, float] = {}
     t0 = perf_counter()
     loaded = load_model(model)
+    budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
     prepared = prepare(loaded, cfg.taps, cfg.axes)
     index, plan = prepared.index, prepared.plan
     arrays = read_data(data, index.graph_inputs)
     specs = input_specs(index, cfg.shapes, arrays)
+    budget.check_inputs(specs, cfg.max_memory)
     source = Source(specs, check_data(arrays, specs) if arrays is not None else None)
     timings["load_rewrite"] = perf_counter() - t0
 
     t0 = perf_counter()
     outputs = [t.tensor for t in plan.taps]
     label = repr(loaded.path.name)
-    runner = Runner(prepared.model, loaded.base_dir, cfg.device, outputs, label=label, threads=cfg.threads)
+    runner = Runner(prepared.model, loaded.base_dir, cfg.device, outputs, label, cfg.threads, deadline)
     timings["session"] = perf_counter() - t0
 
     t0 = perf_counter()
@@ -98,6 +103,8 @@ def score(
     available = source.n_samples
     samples = window_samples(geoms, cfg.rows, available, cfg.samples)
     _check_rows(cfg, geoms, samples, available)
+    budget.check_matrices(geoms, cfg.rows, samples, {t: probe[t].dtype.itemsize for t in geoms}, cfg.max_memory)
+    batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory))) if not static else batch
     timings["forward"] = perf_counter() - t0
     timings["erank"] = 0.0
 
@@ -105,13 +112,14 @@ def score(
     eranks: dict[str, list[float]] = {t.tensor: [] for t in taps}
     shapes: dict[str, tuple[int, int]] = {}
     invalid: dict[str, str] = {}
+    saturation: dict[str, list[float]] = {}  # bounded activations: share of values at their bounds
     windows: list[int] = []  # first sample of each repetition's window, in the data
     row_starts: dict[str, list[int]] = {}  # first row of each tap's block, per repetition
     for _ in range(cfg.repetitions):
         if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
             t0 = perf_counter()
             model = reinitialize(prepared.model, cfg.reinit, rng)
-            runner = Runner(model, loaded.base_dir, cfg.device, outputs, label=label, threads=cfg.threads)
+            runner = Runner(model, loaded.base_dir, cfg.device, outputs, label, cfg.threads, deadline)
             timings["session"] += perf_counter() - t0
         t0 = perf_counter()
         slack = (available - samples) if available is not None and cfg.rows != "all" else 0
@@ -131,8 +139,13 @@ def score(
         timings["forward"] += perf_counter() - t0
         t0 = perf_counter()
         for t in taps:
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
             m = collector.matrices[t.tensor]
             shapes[t.tensor] = (int(m.shape[0]), int(m.shape[1]))
+            bounds = SATURATING.get(t.op)
+            if bounds is not None:
+                saturation.setdefault(t.tensor, []).append(saturated_fraction(m, *bounds))
             try:
                 eranks[t.tensor].append(effective_rank(m))
             except NonFiniteMatrixError:
@@ -157,6 +170,7 @@ def score(
             status="invalid" if t.tensor in invalid else "ok",
             reason=invalid.get(t.tensor),
             row_starts=tuple(row_starts[t.tensor]),
+            saturation=_mean(saturation[t.tensor]) if t.tensor in saturation else None,
         )
         for k, t in enumerate(taps)
     )
@@ -199,6 +213,17 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
     )
     skipped = tuple(Skipped(u.where, u.op, u.reason) for u in plan.untappable)
     return LayersReport(str(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
+
+
+# Bounded activations and their (low, high) bounds, for the saturation statistic.
+SATURATING = {"Tanh": (-1.0, 1.0), "Softsign": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
+
+
+def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0.01) -> float:
+    """Share of the values within ``margin`` of the range's width from either bound."""
+    width = (high - low) * margin
+    with np.errstate(invalid="ignore"):
+        return float(np.mean((m <= low + width) | (m >= high - width)))
 
 
 def _check_rows(cfg: ScoreConfig, geoms: dict[str, Geometry], samples: int, available: int | None) -> None:

@@ -1,0 +1,153 @@
+"""Untrusted model files: every hostile case is refused with one sentence, exit code 2, no
+traceback, nothing written, nothing read outside the model's folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from graphs import Graph, mlp, save
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_near
+from onnx_near.cli import main
+
+
+def refused(*args: str, match: str = "") -> str:
+    """Run the CLI; assert a clean refusal and return its one line."""
+    r = CliRunner().invoke(main, list(args))
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("onnx-near: error: ") and match in lines[0], lines[0]
+    return lines[0]
+
+
+def _external(tmp: Path, location: str) -> Path:
+    """A model whose weights claim to live at ``location``."""
+    m = mlp()
+    (tmp / "model").mkdir(exist_ok=True)
+    onnx.save(m, str(tmp / "model" / "m.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    proto = onnx.load(str(tmp / "model" / "m.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(proto, str(tmp / "model" / "m.onnx"))
+    return tmp / "model" / "m.onnx"
+
+
+@pytest.mark.parametrize("where", ["../secret.bin", "/etc/passwd", "link.bin"])
+def test_external_data_outside_the_folder(tmp_path: Path, where: str) -> None:
+    """Parent paths, absolute paths and symbolic links pointing out of the folder are refused."""
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 4096)
+    path = _external(tmp_path, where)
+    if where == "link.bin":
+        os.symlink(tmp_path / "secret.bin", tmp_path / "model" / "link.bin")
+    refused("score", str(path), match="outside the model's folder")
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    """Random bytes are not a model."""
+    (tmp_path / "r.onnx").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    refused("score", str(tmp_path / "r.onnx"))
+
+
+def test_valid_protobuf_that_is_not_a_model(tmp_path: Path) -> None:
+    """A TensorProto parses as protobuf but is no model."""
+    (tmp_path / "t.onnx").write_bytes(numpy_helper.from_array(np.ones((4, 4), np.float32), "t").SerializeToString())
+    refused("score", str(tmp_path / "t.onnx"), match="not")
+
+
+def test_graph_with_a_cycle(tmp_path: Path) -> None:
+    """a = Relu(b), b = Relu(a): the cycle is named."""
+    g = Graph()
+    x = g.input("x", ["N", 3])
+    g.nodes += [
+        helper.make_node("Add", [x, "b"], ["a"], name="first"),
+        helper.make_node("Relu", ["a"], ["b"], name="second"),
+    ]
+    g.output("b", ["N", 3])
+    refused("score", str(save(g.model(infer=False, check=False), tmp_path / "c.onnx")), match="cycle")
+
+
+def test_node_reading_a_missing_tensor(tmp_path: Path) -> None:
+    """A node reading a tensor nobody makes is named with the tensor."""
+    g = Graph()
+    g.nodes.append(helper.make_node("Relu", ["ghost"], ["y"], name="reader"))
+    g.input("x", ["N", 3])
+    g.output("y", ["N", 3])
+    refused("score", str(save(g.model(infer=False, check=False), tmp_path / "m.onnx")), match="'ghost'")
+
+
+@pytest.mark.parametrize(
+    "domain,imported,match",
+    [("", True, "'Frobnicate'"), ("my.ops", False, "does not import"), ("my.ops", True, "Frobnicate")],
+)
+def test_unknown_ops_and_domains_are_named(tmp_path: Path, domain: str, imported: bool, match: str) -> None:
+    """An op no domain defines, or a domain the model does not import, is named in the message."""
+    g = Graph(domains=[("my.ops", 1)] if domain else [])
+    x = g.input("x", ["N", 4])
+    h = g.op("Gemm", x, g.weight(4, 4))
+    g.output(g.op("Frobnicate", h, domain=domain), ["N", 4])
+    m = g.model(infer=False, check=False)
+    if not imported:
+        kept = [o for o in m.opset_import if o.domain != "my.ops"]
+        del m.opset_import[:]
+        m.opset_import.extend(kept)
+    refused("score", str(save(m, tmp_path / "u.onnx")), match=match)
+
+
+def test_absurd_input_dims(tmp_path: Path) -> None:
+    """An input declared with a billion features per sample exceeds the memory limit before anything runs."""
+    g = Graph()
+    g.output(g.op("Relu", g.input("x", ["N", 1_000_000_000])), ["N", 1_000_000_000])
+    refused("score", str(save(g.model(infer=False), tmp_path / "big.onnx")), "--max-memory", "1G", match="--max-memory")
+
+
+def test_absurd_initializer(tmp_path: Path) -> None:
+    """A weight declared as 10⁶ × 10⁶ floats (4 TB) is refused from its declared shape alone."""
+    m = mlp()
+    t = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[1_000_000, 1_000_000])
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="huge.bin")
+    m.graph.initializer.append(t)
+    (tmp_path / "huge.bin").write_bytes(b"\0" * 16)
+    refused("score", str(save(m, tmp_path / "m.onnx")), match="weights")
+
+
+def test_too_many_rows(tmp_path: Path) -> None:
+    """A billion rows per matrix would not fit: refused with the fix."""
+    refused("score", str(save(mlp(), tmp_path / "m.onnx")), "--rows", "1000000000", match="fewer rows")
+
+
+def test_timeout_stops_a_long_run(tmp_path: Path) -> None:
+    """A model that runs longer than --timeout is stopped mid-run with one sentence."""
+    g = Graph()
+    h = g.input("x", ["N", 1024])
+    w = g.const(np.random.default_rng(0).standard_normal((1024, 1024)) / 32, "w")
+    for _ in range(24):
+        h = g.op("Relu", g.op("MatMul", h, w))
+    g.output(h, ["N", 1024])
+    refused("score", str(save(g.model(infer=False), tmp_path / "slow.onnx")), "--timeout", "0.3", match="time limit")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs(tmp_path: Path, bad: float) -> None:
+    """NaN or Inf in the data is refused, naming the input."""
+    x = np.zeros((20, 6), np.float32)
+    x[3, 1] = bad
+    np.save(tmp_path / "x.npy", x)
+    refused("score", str(save(mlp(), tmp_path / "m.onnx")), "--data", str(tmp_path / "x.npy"), match="'x'")
+
+
+def test_activations_overflowing_to_inf(tmp_path: Path) -> None:
+    """Weights of 3e38 overflow to Inf: the layer is reported invalid, never counted as 0."""
+    m = mlp()
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((6, 8), 3e38, np.float32), "w1"))
+    r = onnx_near.score(save(m, tmp_path / "inf.onnx"))
+    assert r.layers[0].status == "invalid" and np.isnan(r.score)
