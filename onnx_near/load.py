@@ -73,6 +73,7 @@ def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
     Nodes that are merely out of order are put in topological order (in ``proto``).
     """
     g = proto.graph
+    _check_text(proto, path)
     available = {v.name for v in g.input} | {t.name for t in g.initializer} | {""}
     producers = {o: n for n in g.node for o in n.output if o}
     for n in g.node:
@@ -107,6 +108,31 @@ def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
                     f"{path.name!r}: node {n.name or n.op_type!r} uses op {n.op_type!r}, which domain "
                     f"{domain or 'ai.onnx'!r} does not define"
                 )
+
+
+def _check_text(proto: onnx.ModelProto, path: Path) -> None:
+    """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
+    g = proto.graph
+    for n in g.node:
+        for name in [n.name, n.op_type, n.domain, *n.input, *n.output]:
+            if isinstance(name, bytes):
+                raise ModelLoadError(
+                    f"{path.name!r} is broken: a node has a name or op that is not valid UTF-8 ({name[:40]!r})"
+                )
+    for name in [v.name for v in [*g.input, *g.output, *g.value_info]] + [t.name for t in g.initializer]:
+        if isinstance(name, bytes):
+            raise ModelLoadError(f"{path.name!r} is broken: a tensor name is not valid UTF-8 ({name[:40]!r})")
+    for t in g.initializer:
+        try:
+            onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        except (KeyError, ValueError) as e:
+            raise ModelLoadError(
+                f"{path.name!r} is broken: initializer {t.name!r} has unknown element type {t.data_type}"
+            ) from e
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(
+                f"{path.name!r} is broken: initializer {t.name!r} has a negative dimension {list(t.dims)}"
+            )
 
 
 def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:

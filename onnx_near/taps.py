@@ -569,6 +569,8 @@ def _through_transpose(
     a = src[0] if src[0] >= 0 or rank is None else src[0] + rank
     if a < 0:
         a = len(perm) + a
+    if a not in perm:  # a perm that does not fit the tensor: the runtime will say more
+        return (-1, f"Transpose {label} has a perm that does not fit: last axis assumed")
     new = perm.index(a)
     return (new, f"Transpose {label} moved the features to axis {new}")
 
