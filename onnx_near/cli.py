@@ -7,6 +7,7 @@ success, 2 bad input (one sentence on stderr, no traceback), 1 an unexpected int
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -242,14 +243,23 @@ def main() -> None:
     default=None,
     help="Re-draw the layer weights with this scheme before each repetition.",
 )
+@click.option("--timings", is_flag=True, help="Add the time spent per stage to the JSON report.")
 @_format("table", "json", "csv")
 @_output
 @_guarded
 def score_cmd(
-    model: str, data: str | None, fmt: str, output: str | None, samples: int | None, reinit: str | None, **opts: Any
+    model: str,
+    data: str | None,
+    fmt: str,
+    output: str | None,
+    samples: int | None,
+    reinit: str | None,
+    timings: bool,
+    **opts: Any,
 ) -> None:
     """Score MODEL (an .onnx file): per-tap effective ranks and their sum."""
     result = score(model, data=data, config=_config(samples=samples, reinit=reinit, **_drop_logging(opts)))
+    result = dataclasses.replace(result, show_timings=timings)
     _emit({"table": score_table, "json": to_json, "csv": score_csv}[fmt](result), output)
 
 

@@ -77,6 +77,7 @@ class ScoreResult:
     warnings: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     window_starts: tuple[int, ...] = ()  # per repetition: the window's first sample in the data
+    show_timings: bool = False  # put the timings in the JSON document (which then differs run to run)
 
     @property
     def valid(self) -> bool:
@@ -109,7 +110,7 @@ class ScoreResult:
             "skipped": [asdict(s) for s in self.skipped],
             "window_starts": list(self.window_starts),
             "warnings": list(self.warnings),
-            "timings_s": {k: round(v, 6) for k, v in self.timings.items()},
+            "timings_s": {k: round(v, 6) for k, v in self.timings.items()} if self.show_timings else None,
         }
         return d
 

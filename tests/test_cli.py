@@ -176,3 +176,11 @@ def test_cuda_requested_without_a_gpu_says_so_in_one_line() -> None:
         "onnx-near: WARNING: CUDA was asked for but is not available to onnxruntime here; running on the CPU instead"
     ]
     assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
+def test_repeated_runs_give_identical_json() -> None:
+    """The same model, data and seed give the same JSON document, byte for byte (timings only on request)."""
+    args = ("score", CNN, "--format", "json", "--seed", "7", "--repetitions", "3")
+    first, second = run(*args), run(*args)
+    assert first[0] == 0 and first[1] == second[1]
+    assert json.loads(run(*args, "--timings")[1])["timings_s"]["total"] > 0
