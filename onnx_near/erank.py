@@ -39,12 +39,48 @@ def erank_from_singular_values(sigma: Any, xp: ModuleType = np) -> float:
     return float(np.exp(entropy))
 
 
+# Below this size an SVD costs next to nothing: no need for the Gram route.
+GRAM_MIN_SIZE = 48
+# The Gram route is used only when its error bound on the effective rank stays below this.
+GRAM_MAX_RELATIVE_ERROR = 1e-7
+
+
+def singular_values(a: Any, xp: ModuleType = np) -> Any:
+    """Singular values of the float64 matrix ``a``, by the fastest route that is exact enough.
+
+    The Gram route takes the eigenvalues of AᵀA (or AAᵀ, whichever is smaller) and their
+    square roots: about a third of the time of an SVD for the matrices NEAR sees.  Each
+    eigenvalue is known to within τ = max(rows, cols)·ε·λ_max, so σ_i to within
+    min(√τ, τ/(2σ_i)); the route is kept only when that perturbation can move the effective
+    rank by less than ``GRAM_MAX_RELATIVE_ERROR`` (relative), i.e. for well-conditioned
+    matrices.  Rank-deficient ones (many σ near 0) go to the SVD, which is exact for them.
+    """
+    rows, cols = a.shape
+    if min(rows, cols) < GRAM_MIN_SIZE:
+        return xp.linalg.svd(a, compute_uv=False)
+    g = a.T @ a if rows >= cols else a @ a.T
+    lam = xp.clip(xp.linalg.eigvalsh(g), 0.0, None)
+    lam_max = float(lam.max())
+    if lam_max <= 0.0:
+        return xp.sqrt(lam)
+    tau = max(rows, cols) * float(np.finfo(np.float64).eps) * lam_max
+    sigma = xp.sqrt(lam)
+    delta = xp.minimum(xp.sqrt(xp.asarray(tau)), tau / (2.0 * xp.maximum(sigma, 1e-300)))
+    total = float(sigma.sum())
+    p = xp.maximum(sigma, delta) / total
+    bound = float((delta / total * (1.0 + xp.abs(xp.log(p)))).sum())
+    if bound < GRAM_MAX_RELATIVE_ERROR:
+        return sigma
+    return xp.linalg.svd(a, compute_uv=False)
+
+
 def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
     """Effective rank of a 2-D ``matrix`` (Roy & Vetterli 2007), computed in float64.
 
     The matrix is used as it is: it is neither centred nor scaled.  Raises
     :class:`NonFiniteMatrixError` when it holds NaN or Inf, since such a matrix has no
-    effective rank; an all-zero matrix has effective rank 0.
+    effective rank; an all-zero matrix has effective rank 0.  The singular values come from
+    :func:`singular_values` (Gram route when provably exact to 1e-7, else SVD).
     """
     a = xp.asarray(matrix, dtype=xp.float64)
     if a.ndim != 2:
@@ -53,5 +89,4 @@ def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
         return 0.0
     if not bool(xp.isfinite(a).all()):
         raise NonFiniteMatrixError("the matrix holds NaN or Inf values")
-    sigma = xp.linalg.svd(a, compute_uv=False)
-    return erank_from_singular_values(sigma, xp)
+    return erank_from_singular_values(singular_values(a, xp), xp)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from .config import ScoreConfig
 from .errors import InputDataError, NearError
@@ -181,6 +180,8 @@ def correlate(predictor: np.ndarray, accuracy: np.ndarray, k: int) -> Correlatio
     Top-k precision: the share of the k most accurate models among the k best-scored ones.
     NaN where the predictor is unknown for some model or constant.
     """
+    from scipy import stats  # imported here: scipy.stats alone takes most of a second to import
+
     if np.isnan(predictor).any() or np.ptp(predictor) == 0:
         return Correlation(math.nan, math.nan, math.nan)
     tau = float(stats.kendalltau(predictor, accuracy).statistic)

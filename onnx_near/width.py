@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from scipy.optimize import curve_fit
 
 from .config import ScoreConfig
 from .errors import ConfigError, InputDataError
@@ -64,6 +63,8 @@ class PowerLaw:
 
 def fit_power_law(widths: Sequence[float], relative_scores: Sequence[float]) -> PowerLaw:
     """Fit f(s) = α + β·s^γ to the points, with (1, 1) prepended."""
+    from scipy.optimize import curve_fit  # imported here, as only this command needs it
+
     s = np.concatenate([[1.0], np.asarray(widths, dtype=float)])
     y = np.concatenate([[1.0], np.asarray(relative_scores, dtype=float)])
     if len(s) < 4:

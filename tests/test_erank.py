@@ -82,3 +82,62 @@ def test_rejects_non_matrices() -> None:
     """Only 2-D input is a matrix."""
     with pytest.raises(ValueError):
         effective_rank(np.ones(3))
+
+
+def _svd_erank(a: np.ndarray) -> float:
+    return erank_from_singular_values(np.linalg.svd(a.astype(np.float64), compute_uv=False))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["relu_square", "relu_tall", "relu_wide", "rank_deficient", "rank_one", "log_spectrum", "saturated_tanh"],
+)
+def test_fast_route_matches_the_svd(kind: str) -> None:
+    """Whatever route is taken (Gram when provably exact, else SVD), erank agrees with the SVD's to 1e-7."""
+    rng = np.random.default_rng(3)
+
+    def relu(n: int, m: int) -> np.ndarray:
+        return np.maximum(rng.standard_normal((n, m)) @ rng.standard_normal((m, m)) / np.sqrt(m), 0).astype(np.float32)
+
+    if kind == "relu_square":
+        a = relu(300, 300)
+    elif kind == "relu_tall":
+        a = relu(900, 120)
+    elif kind == "relu_wide":
+        a = relu(120, 400)
+    elif kind == "rank_deficient":
+        a = (rng.standard_normal((400, 7)) @ rng.standard_normal((7, 400))).astype(np.float32)
+    elif kind == "rank_one":
+        a = np.outer(rng.standard_normal(300), rng.standard_normal(300)).astype(np.float32)
+    elif kind == "log_spectrum":
+        u, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+        v, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+        a = (u * np.logspace(0, -12, 200)) @ v.T
+    else:
+        a = np.tanh(100 * relu(256, 256) - 50)
+    assert effective_rank(a) == pytest.approx(_svd_erank(a), rel=1e-7)
+
+
+def test_gram_route_is_taken_for_well_conditioned_matrices() -> None:
+    """For a well-conditioned matrix the singular values come from the Gram eigenvalues."""
+    from onnx_near import erank as core
+
+    a = np.random.default_rng(4).standard_normal((200, 100))
+    calls: list[str] = []
+    original = core.np.linalg.svd
+
+    class Spy:
+        def __getattr__(self, name: str) -> object:
+            if name == "svd":
+                calls.append("svd")
+                return original
+            return getattr(np.linalg, name)
+
+    class FakeNp:
+        linalg = Spy()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(np, name)
+
+    s = core.singular_values(a, FakeNp())  # type: ignore[arg-type]
+    assert calls == [] and np.allclose(np.sort(s), np.sort(np.linalg.svd(a, compute_uv=False)), rtol=1e-10)
