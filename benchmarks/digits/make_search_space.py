@@ -25,16 +25,24 @@ opset_version=17, do_constant_folding=False)``, eval mode, so BatchNorm nodes st
 their initial running statistics), checked against torch with onnxruntime, and then trained
 with one recipe for all: Adam (lr 1e-3), batch 64 (reshuffled each epoch), 40 epochs,
 cross-entropy, no augmentation, no weight decay.  Training seed ``k`` of a network re-creates
-it under ``torch.manual_seed(base + k)`` (``base`` from the network's id), so seed 0 trains
-exactly the exported weights; seed ``k`` also drives the batch order.  Test accuracy is taken
-in eval mode on all 600 test images.
+it under ``torch.manual_seed(base + k)`` (``base`` from a CRC-32 of the network's name), so
+seed 0 trains exactly the exported weights (checked by a digest); seed ``k`` also drives the
+batch order.  Test accuracy is taken in eval mode on all 600 test images.
+
+Training runs in ``--jobs`` processes (default 2) of one torch thread each, with
+``torch.use_deterministic_algorithms(True)``: each result depends only on (network, seed), not
+on the number of processes or the order they finish in.  (One process with two threads was
+5-10x slower on the 2-core machine for these tiny networks once anything else ran.)
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import hashlib
 import itertools
 import math
+import multiprocessing as mp
 import time
 import warnings
 import zlib
@@ -190,6 +198,32 @@ def base_seed(name: str) -> int:
     return zlib.crc32(name.encode()) % 1_000_000
 
 
+def build(spec: dict) -> nn.Module:
+    if spec["family"] == "mlp":
+        return apply_init(mlp(spec["widths"], spec["activation"], spec["batchnorm"]), spec.get("init", "default"))
+    return cnn(spec["depth"], spec["width"], spec["activation"], spec["batchnorm"], spec["pool"], spec["head"])
+
+
+def digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cost(spec: dict) -> float:
+    """Rough training cost, only to hand out the longest runs first."""
+    if spec["family"] == "mlp":
+        sizes = [64, *spec["widths"], 10]
+        return sum(a * b for a, b in itertools.pairwise(sizes)) + 3000 * len(sizes)
+    c, side, total = 1, 8, 0.0
+    for i in range(spec["depth"]):
+        total += 9 * c * spec["width"] * side * side + 3000
+        side = 4 if spec["pool"] and i == 0 else side
+        c = spec["width"]
+    return total
+
+
 # ----------------------------------------------------------------------------- export / train
 
 
@@ -212,13 +246,12 @@ def export(model: nn.Module, path: Path, x_check: torch.Tensor) -> int:
     proto = onnx.load(str(path))
     if proto.ir_version > MAX_IR_VERSION:
         proto.ir_version = MAX_IR_VERSION
-    proto.producer_name = "pytorch"
-    onnx.save(proto, str(path))
+        onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     size = path.stat().st_size
     assert size <= MAX_ONNX_BYTES, f"{path.name}: {size} bytes"
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
+    opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     for xb in (x_check, x_check[:3]):
         got = sess.run(None, {"input": xb.numpy()})[0]
@@ -248,30 +281,29 @@ def train_eval(model: nn.Module, seed: int, data: tuple[torch.Tensor, ...]) -> f
     return float((pred == y_te).double().mean())
 
 
-def run_seeds(
-    name: str, build: Callable[[], nn.Module], n_seeds: int, data: tuple[torch.Tensor, ...], onnx_path: Path | None
-) -> tuple[list[float], nn.Module]:
-    """Export seed 0's untrained network (if onnx_path), then train each seed; returns accuracies."""
-    base = base_seed(name)
-    accs: list[float] = []
-    first: nn.Module | None = None
-    for k in range(n_seeds):
-        torch.manual_seed(base + k)
-        model = build()
-        if k == 0:
-            first = model
-            if onnx_path is not None:
-                export(model, onnx_path, data[2][:N_SCORE])
-                torch.manual_seed(base)
-                again = build()  # the trained copy of seed 0 starts from the exported weights
-                assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-                model = again
-        accs.append(train_eval(model, base + k, data))
-    assert first is not None
-    return accs, first
+_DATA: tuple[torch.Tensor, ...] | None = None
 
 
-# ----------------------------------------------------------------------------- search space
+def _init_worker() -> None:
+    global _DATA
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    _DATA = load_data()
+
+
+def _train_task(task: tuple[dict, int, str | None]) -> tuple[str, int, float]:
+    """Train seed k of a network: re-created under torch.manual_seed(base + k); seed 0 = the exported weights."""
+    spec, k, want = task
+    assert _DATA is not None
+    seed = base_seed(spec["name"]) + k
+    torch.manual_seed(seed)
+    model = build(spec)
+    if want is not None:
+        assert digest(model) == want, f"{spec['name']}: seed 0 does not rebuild the exported weights"
+    return spec["name"], k, train_eval(model, seed, _DATA)
+
+
+# ----------------------------------------------------------------------------- search space / studies
 
 
 def draw_search_space() -> list[dict]:
@@ -288,21 +320,54 @@ def draw_search_space() -> list[dict]:
     mlps = [mlp_grid[i] for i in sorted(rng.choice(len(mlp_grid), N_MLP, replace=False))]
     cnns = [cnn_grid[i] for i in sorted(rng.choice(len(cnn_grid), N_CNN, replace=False))]
     for spec in mlps:
-        spec["id"] = f"mlp_d{spec['depth']}_w{spec['width']}_{spec['activation']}" + ("_bn" if spec["batchnorm"] else "")
+        spec["widths"] = [spec["width"]] * spec["depth"]
+        spec["name"] = f"mlp_d{spec['depth']}_w{spec['width']}_{spec['activation']}" + (
+            "_bn" if spec["batchnorm"] else ""
+        )
     for spec in cnns:
-        spec["id"] = (
+        spec["name"] = (
             f"cnn_d{spec['depth']}_c{spec['width']}_{spec['activation']}"
             + ("_bn" if spec["batchnorm"] else "")
             + ("_pool" if spec["pool"] else "")
             + f"_{spec['head']}"
         )
+    for spec in mlps + cnns:
+        spec["onnx"] = f"models/{spec['name']}.onnx"
     return mlps + cnns
 
 
-def build_spec(spec: dict) -> nn.Module:
-    if spec["family"] == "mlp":
-        return mlp([spec["width"]] * spec["depth"], spec["activation"], spec["batchnorm"])
-    return cnn(spec["depth"], spec["width"], spec["activation"], spec["batchnorm"], spec["pool"], spec["head"])
+def study_specs() -> tuple[list[dict], list[dict], list[dict]]:
+    acts = [
+        dict(
+            family="mlp",
+            widths=[128, 128],
+            activation=a,
+            batchnorm=False,
+            name=f"act_{a}",
+            onnx=f"activations/mlp_{a}.onnx",
+        )
+        for a in STUDY_ACTIVATIONS
+    ]
+    inits = [
+        dict(
+            family="mlp",
+            widths=[128, 128],
+            activation="relu",
+            batchnorm=False,
+            init=s,
+            name=f"init_{s}",
+            onnx=f"inits/mlp_{s}.onnx",
+        )
+        for s in INIT_SCHEMES
+    ]
+    widths = [
+        dict(family="mlp", widths=[w], activation="silu", batchnorm=False, name=f"width_{w}", onnx=None)
+        for w in STUDY_WIDTHS
+    ]
+    return acts, inits, widths
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -316,85 +381,102 @@ def fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
-def mean_std(accs: list[float]) -> tuple[float, float]:
+def mean_std(accs: list[float]) -> tuple[str, str]:
     a = np.asarray(accs)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
+    return fmt(float(a.mean())), fmt(float(a.std(ddof=1)))
 
 
 def main() -> None:
-    t0 = time.perf_counter()
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    data = load_data()
-    np.save(HERE / "digits_inputs.npy", data[2][:N_SCORE].numpy())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="training processes, 1 thread each (results do not depend on it)"
+    )
+    args = ap.parse_args()
 
-    # 1. search space
+    t0, c0 = time.perf_counter(), time.process_time()
+    _init_worker()  # this process too: 1 thread, deterministic algorithms, the data
+    assert _DATA is not None
+    np.save(HERE / "digits_inputs.npy", _DATA[2][:N_SCORE].numpy())
+
+    space = draw_search_space()
+    acts, inits, widths = study_specs()
+    n_seeds = {s["name"]: SEARCH_SEEDS for s in space} | {s["name"]: STUDY_SEEDS for s in acts + inits + widths}
+
+    # Export every untrained network (seed 0 of its name); remember its weights' digest.
+    digests: dict[str, str] = {}
+    params: dict[str, int] = {}
+    for spec in space + acts + inits + widths:
+        torch.manual_seed(base_seed(spec["name"]))
+        model = build(spec)
+        digests[spec["name"]] = digest(model)
+        params[spec["name"]] = n_params(model)
+        if spec["onnx"] is not None:
+            export(model, HERE / spec["onnx"], _DATA[2][:N_SCORE])
+    t_export = time.perf_counter() - t0
+    print(
+        f"exported {sum(s['onnx'] is not None for s in space + acts + inits)} networks in {t_export:.0f} s", flush=True
+    )
+
+    # Train every (network, seed); longest first.  Each result depends only on (network, seed).
+    tasks = [
+        (spec, k, digests[spec["name"]] if k == 0 else None)
+        for spec in space + acts + inits + widths
+        for k in range(n_seeds[spec["name"]])
+    ]
+    tasks.sort(key=lambda t: -cost(t[0]))
+    acc: dict[str, list[float]] = {name: [math.nan] * n for name, n in n_seeds.items()}
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
+        for i, (name, k, a) in enumerate(pool.imap_unordered(_train_task, tasks, chunksize=1), 1):
+            acc[name][k] = a
+            if i % 20 == 0 or i == len(tasks):
+                print(f"  trained {i}/{len(tasks)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    t_train = time.perf_counter() - t0 - t_export
+
     rows = []
-    for spec in draw_search_space():
-        rel = f"models/{spec['id']}.onnx"
-        accs, model = run_seeds(spec["id"], lambda s=spec: build_spec(s), SEARCH_SEEDS, data, HERE / rel)
+    for spec in space:
+        a = acc[spec["name"]]
         rows.append(
             [
-                rel,
-                fmt(float(np.mean(accs))),
+                spec["onnx"],
+                fmt(float(np.mean(a))),
                 spec["family"],
                 spec["depth"],
                 spec["width"],
                 spec["activation"],
                 int(spec["batchnorm"]),
-                n_params(model),
+                params[spec["name"]],
                 "" if spec["pool"] is None else int(spec["pool"]),
                 spec["head"] or "",
-                ";".join(fmt(a) for a in accs),
+                ";".join(fmt(x) for x in a),
             ]
         )
-        print(f"  {spec['id']:<40s} params {n_params(model):>6d}  acc {rows[-1][1]}", flush=True)
     header = ["model", "accuracy", "family", "depth", "width", "activation", "batchnorm", "params"]
     write_csv(HERE / "accuracy.csv", [*header, "pool", "head", "accuracy_per_seed"], rows)
-    t_search = time.perf_counter() - t0
-
-    # 2. activation study
-    act_rows = []
-    for act in STUDY_ACTIVATIONS:
-        rel = f"activations/mlp_{act}.onnx"
-        accs, _ = run_seeds(f"act_{act}", lambda a=act: mlp([128, 128], a), STUDY_SEEDS, data, HERE / rel)
-        m, s = mean_std(accs)
-        act_rows.append([act, fmt(m), fmt(s), rel])
+    act_rows = [[s["activation"], *mean_std(acc[s["name"]]), s["onnx"]] for s in acts]
     write_csv(HERE / "activations.csv", ["activation", "accuracy_mean", "accuracy_std", "onnx"], act_rows)
-
-    # 3. initialisation study
-    init_rows = []
-    for scheme in INIT_SCHEMES:
-        rel = f"inits/mlp_{scheme}.onnx"
-        accs, _ = run_seeds(
-            f"init_{scheme}", lambda s=scheme: apply_init(mlp([128, 128], "relu"), s), STUDY_SEEDS, data, HERE / rel
-        )
-        m, s = mean_std(accs)
-        init_rows.append([scheme, fmt(m), fmt(s), rel])
+    init_rows = [[s["init"], *mean_std(acc[s["name"]]), s["onnx"]] for s in inits]
     write_csv(HERE / "inits.csv", ["scheme", "accuracy_mean", "accuracy_std", "onnx"], init_rows)
-
-    # 4. width study
-    width_rows = []
-    for w in STUDY_WIDTHS:
-        accs, _ = run_seeds(f"width_{w}", lambda w=w: mlp([w], "silu"), STUDY_SEEDS, data, None)
-        m, s = mean_std(accs)
-        width_rows.append([w, fmt(m), fmt(s)])
+    width_rows = [[s["widths"][0], *mean_std(acc[s["name"]])] for s in widths]
     write_csv(HERE / "widths.csv", ["width", "accuracy_mean", "accuracy_std"], width_rows)
 
-    # summary
     total = time.perf_counter() - t0
     accs = np.array([float(r[1]) for r in rows])
     fam = np.array([r[2] for r in rows])
-    size = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     print(f"\nsearch space: {len(rows)} architectures ({(fam == 'mlp').sum()} MLP, {(fam == 'cnn').sum()} CNN)")
     for f in ("mlp", "cnn"):
         a = accs[fam == f]
         print(f"  {f}: accuracy {a.min():.4f} .. {a.max():.4f} (median {np.median(a):.4f})")
-    print(f"  all: accuracy {accs.min():.4f} .. {accs.max():.4f}; time {t_search:.0f} s")
+    print(f"  all: accuracy {accs.min():.4f} .. {accs.max():.4f}")
     print("activations: " + ", ".join(f"{r[0]} {r[1]}±{r[2]}" for r in act_rows))
     print("inits:       " + ", ".join(f"{r[0]} {r[1]}±{r[2]}" for r in init_rows))
     print("widths:      " + ", ".join(f"{r[0]} {r[1]}±{r[2]}" for r in width_rows))
-    print(f"folder size {size / 1e6:.2f} MB; total time {total:.0f} s")
+    print(
+        f"folder size {size / 1e6:.2f} MB; {len(tasks)} training runs; time: export {t_export:.0f} s, "
+        f"training {t_train:.0f} s ({args.jobs} processes), total {total:.0f} s wall "
+        f"(main process CPU {time.process_time() - c0:.0f} s)"
+    )
 
 
 if __name__ == "__main__":
