@@ -309,13 +309,17 @@ def rank_cmd(
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, not {jobs}")
     accuracies = read_accuracies(accuracy) if accuracy else None
-    with click.progressbar(length=0, label="scoring", file=sys.stderr, show_pos=True) as bar:
+    config = _config(**_drop_logging(opts))
+    if not sys.stderr.isatty():  # a pipeline: no progress bar in its logs
+        result = rank_models(models, data, config, accuracies, jobs, top_k)
+    else:
+        with click.progressbar(length=1, label="scoring", file=sys.stderr, show_pos=True) as bar:
 
-        def progress(done: int, total: int) -> None:
-            bar.length = total
-            bar.update(done - bar.pos)
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
 
-        result = rank_models(models, data, _config(**_drop_logging(opts)), accuracies, jobs, top_k, progress)
+            result = rank_models(models, data, config, accuracies, jobs, top_k, progress)
     _emit({"table": rank_table, "json": to_json, "csv": rank_csv}[fmt](result), output)
 
 

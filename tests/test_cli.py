@@ -184,3 +184,26 @@ def test_repeated_runs_give_identical_json() -> None:
     first, second = run(*args), run(*args)
     assert first[0] == 0 and first[1] == second[1]
     assert json.loads(run(*args, "--timings")[1])["timings_s"]["total"] > 0
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["rank", "{tmp}"], "no .onnx model"),
+        (["rank", CNN, "--jobs", "0"], "--jobs"),
+        (["rank", CNN, "--accuracy", "{tmp}/none.csv"], "does not exist"),
+        (["activations", CNN, "--candidates", "relu,swish9"], "'swish9'"),
+        (["init", CNN, "--schemes", "he-magic"], "'he-magic'"),
+        (["width", "--data", "{tmp}/x.npy"], "--inputs"),
+        (["width", "--data", "{tmp}/x.npy", "--inputs", "4", "--outputs", "2", "--widths", "8,x"], "--widths"),
+        (["width", "--data", "{tmp}/x.npy", "--model", "m.onnx"], "PATH:WIDTH"),
+        (["score", CNN, "--max-memory", "lots"], "--max-memory"),
+    ],
+)
+def test_bad_options_of_every_command(tmp_path: Path, args: list[str], match: str) -> None:
+    """Each command refuses bad options with one sentence and exit code 2."""
+    np.save(tmp_path / "x.npy", np.zeros((20, 4), np.float32))
+    code, out, err = run(*[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnx-near: error: ") and match in lines[0], err
