@@ -20,7 +20,7 @@ import onnx
 from . import budget
 from .config import ScoreConfig
 from .cost import count_macs
-from .erank import effective_rank
+from .erank import effective_ranks
 from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
 from .graph import parameter_count
 from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
@@ -138,19 +138,19 @@ def score(
             lo = hi
         timings["forward"] += perf_counter() - t0
         t0 = perf_counter()
-        for t in taps:
-            if deadline is not None and time.monotonic() > deadline:
-                raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
-            m = collector.matrices[t.tensor]
+        if deadline is not None and time.monotonic() > deadline:
+            raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
+        matrices = [collector.matrices[t.tensor] for t in taps]
+        for t, m, value in zip(taps, matrices, effective_ranks(matrices)):
             shapes[t.tensor] = (int(m.shape[0]), int(m.shape[1]))
             bounds = SATURATING.get(t.op)
             if bounds is not None:
                 saturation.setdefault(t.tensor, []).append(saturated_fraction(m, *bounds))
-            try:
-                eranks[t.tensor].append(effective_rank(m))
-            except NonFiniteMatrixError:
+            if isinstance(value, NonFiniteMatrixError):
                 invalid[t.tensor] = "its activations hold NaN or Inf, so it has no effective rank"
                 eranks[t.tensor].append(math.nan)
+            else:
+                eranks[t.tensor].append(value)
         timings["erank"] += perf_counter() - t0
 
     warnings = _shape_warnings(cfg, taps, shapes, available)
