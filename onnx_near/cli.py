@@ -160,7 +160,7 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             "--batch-size",
             type=int,
             default=None,
-            help="Samples per forward pass (default: chosen from a 256 MiB budget).",
+            help="Samples per forward pass (default: chosen from a 64 MiB budget).",
         ),
         click.option(
             "--strict", is_flag=True, help="Tap activation sites only (pre = activation input, post = its output)."
@@ -181,6 +181,14 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
         click.option(
             "--timeout", type=float, default=None, metavar="SECONDS", help="Stop a model that runs longer than this."
         ),
+        click.option(
+            "--approx-above",
+            type=int,
+            default=None,
+            metavar="N",
+            help="Approximate erank (Lanczos quadrature, with an error bound) for matrices of at least N×N.",
+        ),
+        click.option("--threads", type=int, default=0, show_default=True, help="onnxruntime threads (0: its default)."),
     )
 
 

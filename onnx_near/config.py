@@ -13,7 +13,7 @@ Rows = Union[int, Literal["square", "all"]]
 Device = Literal["auto", "cpu", "cuda"]
 TapMode = Literal["all", "activations"]
 
-DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024  # measured: smaller batches cost no forward time
 
 
 def default_max_memory() -> int:
@@ -50,6 +50,9 @@ class ScoreConfig:
             matrices kept may take; a model or request that needs more is refused up front.
         timeout: seconds the whole computation may run (None: no limit); onnxruntime is
             stopped mid-run when it passes.
+        approx_above: matrices with at least this many rows and columns get the approximate
+            effective rank (stochastic Lanczos quadrature, with an error bound) instead of
+            the exact one; None: always exact.
     """
 
     rows: Rows = "square"
@@ -66,6 +69,7 @@ class ScoreConfig:
     threads: int = 0
     max_memory: int = field(default_factory=default_max_memory)
     timeout: float | None = None
+    approx_above: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rows, bool) or not (
@@ -97,6 +101,8 @@ class ScoreConfig:
             raise ConfigError(f"max_memory must be a positive number of bytes, not {self.max_memory!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+        if self.approx_above is not None and (not isinstance(self.approx_above, int) or self.approx_above < 64):
+            raise ConfigError(f"approx_above must be an integer of at least 64, not {self.approx_above!r}")
         if not isinstance(self.max_batch_bytes, int) or self.max_batch_bytes < 1:
             raise ConfigError(f"max_batch_bytes must be a positive integer, not {self.max_batch_bytes!r}")
 

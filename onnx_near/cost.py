@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import onnx
 import onnx.shape_inference
 
-from .graph import GraphIndex, attribute, parameter_count
+from .graph import GraphIndex, attribute, parameter_count, without_weights
 
 __all__ = ["count_macs", "parameter_count"]
 
@@ -24,8 +24,7 @@ def count_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, tuple[int, ..
 
     ``sample_shapes`` gives each input's shape without its batch axis.
     """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = without_weights(model)
     for v in m.graph.input:
         if v.name in sample_shapes:
             shape = v.type.tensor_type.shape

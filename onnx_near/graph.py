@@ -156,3 +156,30 @@ def parameter_count(index: GraphIndex) -> int:
         if t.data_type in floats and name not in stats:
             total += int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
     return total
+
+
+def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers keep their name, type and dims but no data.
+
+    Shape inference and MAC counting need the shapes only; copying and serialising the
+    weights (again) would double the memory a large model takes.  Initializers of fewer than
+    ``keep_below`` elements keep their data: shape tensors and axes read by Reshape, Slice…
+    """
+    light = onnx.ModelProto()
+    graph = model.graph
+    small = [int(np.prod(t.dims, dtype=np.int64)) < keep_below for t in graph.initializer]
+    if all(small):
+        light.CopyFrom(model)
+        return light
+    saved = list(graph.initializer)
+    del graph.initializer[:]  # copy the rest of the model without any initializer…
+    try:
+        light.CopyFrom(model)
+    finally:
+        graph.initializer.extend(saved)
+    for t, keep in zip(saved, small):
+        if keep:
+            light.graph.initializer.add().CopyFrom(t)
+        else:  # …then the big ones as metadata only
+            light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    return light

@@ -41,6 +41,7 @@ class LayerScore:
     reason: str | None = None
     row_starts: tuple[int, ...] = ()  # per repetition: the block's first row in the window's rows
     saturation: float | None = None  # bounded activations: share of values within 1 % of a bound
+    erank_error: float | None = None  # approximate taps only: the bound on |erank − exact|
 
 
 @dataclass(frozen=True)

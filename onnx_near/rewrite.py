@@ -24,7 +24,7 @@ import onnx.shape_inference
 
 from .defuse import defuse_contrib_ops
 from .errors import GraphError, NoTapsError
-from .graph import GraphIndex
+from .graph import GraphIndex, without_weights
 from .load import LoadedModel
 from .taps import Tap, TapPlan, plan_taps
 
@@ -52,10 +52,15 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     the real shapes anyway.
     """
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
     except Exception as e:
         log.info("shape inference failed (%s); going on without inferred shapes", _first_line(e))
         return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    return out
 
 
 def expose_taps(model: onnx.ModelProto, taps: tuple[Tap, ...]) -> onnx.ModelProto:

@@ -20,7 +20,7 @@ import onnx
 from . import budget
 from .config import ScoreConfig
 from .cost import count_macs
-from .erank import effective_ranks
+from .erank import approximate_effective_rank, effective_ranks
 from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
 from .graph import parameter_count
 from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
@@ -112,6 +112,7 @@ def score(
     eranks: dict[str, list[float]] = {t.tensor: [] for t in taps}
     shapes: dict[str, tuple[int, int]] = {}
     invalid: dict[str, str] = {}
+    bounds_kept: dict[str, list[float]] = {}  # approximate taps: error bound per repetition
     saturation: dict[str, list[float]] = {}  # bounded activations: share of values at their bounds
     windows: list[int] = []  # first sample of each repetition's window, in the data
     row_starts: dict[str, list[int]] = {}  # first row of each tap's block, per repetition
@@ -141,7 +142,16 @@ def score(
         if deadline is not None and time.monotonic() > deadline:
             raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
         matrices = [collector.matrices[t.tensor] for t in taps]
-        for t, m, value in zip(taps, matrices, effective_ranks(matrices)):
+        values = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices])
+        for k, m in enumerate(matrices):
+            if _approximated(cfg, m):  # stochastic Lanczos quadrature, its error bound kept
+                try:
+                    estimate, stderr = approximate_effective_rank(m, rng)
+                    values[k] = estimate
+                    bounds_kept.setdefault(taps[k].tensor, []).append(4 * stderr)
+                except NonFiniteMatrixError as err:
+                    values[k] = err
+        for t, m, value in zip(taps, matrices, values):
             shapes[t.tensor] = (int(m.shape[0]), int(m.shape[1]))
             bounds = SATURATING.get(t.op)
             if bounds is not None:
@@ -171,6 +181,7 @@ def score(
             reason=invalid.get(t.tensor),
             row_starts=tuple(row_starts[t.tensor]),
             saturation=_mean(saturation[t.tensor]) if t.tensor in saturation else None,
+            erank_error=_mean(bounds_kept[t.tensor]) if t.tensor in bounds_kept else None,
         )
         for k, t in enumerate(taps)
     )
@@ -224,6 +235,10 @@ def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0
     width = (high - low) * margin
     with np.errstate(invalid="ignore"):
         return float(np.mean((m <= low + width) | (m >= high - width)))
+
+
+def _approximated(cfg: ScoreConfig, m: np.ndarray) -> bool:
+    return cfg.approx_above is not None and min(m.shape) >= cfg.approx_above
 
 
 def _check_rows(cfg: ScoreConfig, geoms: dict[str, Geometry], samples: int, available: int | None) -> None:

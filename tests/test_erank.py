@@ -141,3 +141,32 @@ def test_gram_route_is_taken_for_well_conditioned_matrices() -> None:
 
     s = core.singular_values(a, FakeNp())  # type: ignore[arg-type]
     assert calls == [] and np.allclose(np.sort(s), np.sort(np.linalg.svd(a, compute_uv=False)), rtol=1e-10)
+
+
+def test_approximate_route_within_its_bound() -> None:
+    """Stochastic Lanczos quadrature lands within four standard errors and 3 % of the exact erank."""
+    from onnx_near.erank import approximate_effective_rank
+
+    rng = np.random.default_rng(5)
+    a = np.maximum(rng.standard_normal((600, 600)) @ rng.standard_normal((600, 600)) / np.sqrt(600), 0)
+    exact = effective_rank(a)
+    value, stderr = approximate_effective_rank(a, np.random.default_rng(0))
+    assert abs(value - exact) <= 4 * stderr and abs(value - exact) / exact < 0.03 and stderr > 0
+
+
+def test_score_reports_the_bound_of_approximated_taps(tmp_path: object) -> None:
+    """With approx_above, large taps carry erank_error; small ones stay exact (None)."""
+    from pathlib import Path
+
+    import onnx
+
+    import onnx_near
+
+    g = __import__("graphs").Graph()
+    h = g.op("Relu", g.op("Gemm", g.input("x", ["N", 100]), g.weight(100, 256)))
+    g.output(g.op("Gemm", h, g.weight(256, 10)), ["N", 10])
+    path = Path(str(tmp_path)) / "m.onnx"
+    onnx.save(g.model(infer=False), str(path))
+    r = onnx_near.score(path, approx_above=200)
+    errors = {l.op: l.erank_error for l in r.layers}
+    assert errors["Relu"] is not None and errors["Relu"] > 0 and r.layers[-1].erank_error is None
