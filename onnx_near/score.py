@@ -108,6 +108,7 @@ def score(
     timings["forward"] = perf_counter() - t0
     timings["erank"] = 0.0
 
+    xp = _array_module(runner.provider)
     rng = np.random.default_rng(cfg.seed)
     eranks: dict[str, list[float]] = {t.tensor: [] for t in taps}
     shapes: dict[str, tuple[int, int]] = {}
@@ -142,7 +143,7 @@ def score(
         if deadline is not None and time.monotonic() > deadline:
             raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
         matrices = [collector.matrices[t.tensor] for t in taps]
-        values = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices])
+        values = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp)
         for k, m in enumerate(matrices):
             if _approximated(cfg, m):  # stochastic Lanczos quadrature, its error bound kept
                 try:
@@ -235,6 +236,19 @@ def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0
     width = (high - low) * margin
     with np.errstate(invalid="ignore"):
         return float(np.mean((m <= low + width) | (m >= high - width)))
+
+
+def _array_module(provider: str) -> Any:
+    """cupy when the session runs on CUDA and cupy is installed (the ranks then run on the
+    GPU), numpy otherwise."""
+    if provider != "CUDAExecutionProvider":
+        return np
+    try:
+        import cupy
+    except ImportError:
+        log.info("CUDA runs the model, but cupy is not installed: effective ranks on the CPU")
+        return np
+    return cupy
 
 
 def _approximated(cfg: ScoreConfig, m: np.ndarray) -> bool:
