@@ -82,10 +82,17 @@ def save_inputs(path: Path, model: onnx.ModelProto, data: np.ndarray) -> dict[st
 
 
 def write_golden(
-    out_dir: Path, name: str, framework: str, opset: int, taps: list[Tap], exporter: str = "", kind: str = ""
+    out_dir: Path,
+    name: str,
+    framework: str,
+    opset: int,
+    taps: list[Tap],
+    exporter: str = "",
+    kind: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``NAME.golden.json``: the taps (in the framework's order) and their total."""
-    golden = {
+    """Write ``NAME.golden.json``: the taps (in the framework's order), their total, and ``extra`` fields."""
+    golden: dict[str, Any] = {
         "model": f"{name}.onnx",
         "inputs": f"{name}.inputs.npz",
         "framework": framework,
@@ -94,5 +101,30 @@ def write_golden(
         "opset": opset,
         "taps": taps,
         "total": float(sum(t["erank"] for t in taps)),
+        **(extra or {}),
     }
     (out_dir / f"{name}.golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+
+
+def finish_case(
+    out_dir: Path,
+    name: str,
+    data: np.ndarray,
+    y: np.ndarray,
+    taps: list[Tap],
+    framework: str,
+    opset: int,
+    exporter: str,
+    kind: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Check the exported ``NAME.onnx`` against the framework's output ``y`` (all samples,
+    then 3), write its inputs (keyed by the ONNX input name) and its goldens."""
+    onnx_path = out_dir / f"{name}.onnx"
+    proto = cap_ir_version(onnx_path)
+    feeds = save_inputs(out_dir / f"{name}.inputs.npz", proto, data)
+    (ort_y,) = ort_run(onnx_path, feeds)
+    np.testing.assert_allclose(ort_y, y, rtol=0, atol=ATOL)
+    (ort_small,) = ort_run(onnx_path, {k: v[:3] for k, v in feeds.items()})
+    np.testing.assert_allclose(ort_small, y[:3], rtol=0, atol=ATOL)
+    write_golden(out_dir, name, framework, opset, taps, exporter, kind, extra)

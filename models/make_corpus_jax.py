@@ -30,7 +30,6 @@ exported graph reproduces the module's output (atol 1e-4).
 
 from __future__ import annotations
 
-import json
 import os
 from importlib.metadata import version
 from pathlib import Path
@@ -43,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import jax2onnx
 import numpy as np
-from common import ATOL, Tap, cap_ir_version, ort_run, save_inputs, tap, write_golden
+from common import Tap, finish_case, tap
 from flax import nnx
 
 OUT_DIR = Path(__file__).resolve().parent / "corpus" / "jax2onnx"
@@ -134,21 +133,19 @@ def build(name: str, model: nnx.Module, data: np.ndarray, opset: int, kind: str)
     onnx_path = OUT_DIR / f"{name}.onnx"
     proto = jax2onnx.to_onnx(model, [("B", *data.shape[1:])], model_name=name, opset=opset)
     onnx_path.write_bytes(proto.SerializeToString())
-    proto = cap_ir_version(onnx_path)
-    feeds = save_inputs(OUT_DIR / f"{name}.inputs.npz", proto, data)  # keyed by the ONNX input name
-
-    (ort_y,) = ort_run(onnx_path, feeds)
-    np.testing.assert_allclose(ort_y, y, rtol=0, atol=ATOL)
-    (ort_small,) = ort_run(onnx_path, {k: v[:3] for k, v in feeds.items()})
-    np.testing.assert_allclose(ort_small, y[:3], rtol=0, atol=ATOL)
-
-    framework = f"jax {jax.__version__} / flax {flax.__version__}"
-    write_golden(OUT_DIR, name, framework, opset, taps, f"jax2onnx {version('jax2onnx')}", kind)
-    gpath = OUT_DIR / f"{name}.golden.json"
-    golden: dict[str, Any] = json.loads(gpath.read_text())
-    golden["layout"] = "NHWC" if data.ndim == 4 else "NF"
-    golden["channel_axis"] = data.ndim - 1
-    gpath.write_text(json.dumps(golden, indent=1) + "\n")
+    extra = {"layout": "NHWC" if data.ndim == 4 else "NF", "channel_axis": data.ndim - 1}
+    finish_case(
+        OUT_DIR,
+        name,
+        data,
+        y,
+        taps,
+        f"jax {jax.__version__} / flax {flax.__version__}",
+        opset,
+        f"jax2onnx {version('jax2onnx')}",
+        kind,
+        extra,
+    )
     return name
 
 

@@ -38,11 +38,9 @@ check that the exported graph reproduces the Keras output (atol 1e-4).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -50,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tf2onnx
-from common import ATOL, Tap, cap_ir_version, ort_run, save_inputs, tap, write_golden
+from common import Tap, finish_case, tap
 
 OUT_DIR = Path(__file__).resolve().parent / "corpus" / "tf2onnx"
 N_SAMPLES = 24
@@ -130,21 +128,19 @@ def build(name: str, model: keras.Model, data: np.ndarray, opset: int, kind: str
     tf2onnx.convert.from_keras(
         model, input_signature=spec, opset=opset, output_path=str(onnx_path), optimizers=optimizers
     )
-    proto = cap_ir_version(onnx_path)
-    feeds = save_inputs(OUT_DIR / f"{name}.inputs.npz", proto, data)  # keyed by the ONNX input name
-
-    (ort_y,) = ort_run(onnx_path, feeds)
-    np.testing.assert_allclose(ort_y, y, rtol=0, atol=ATOL)
-    (ort_small,) = ort_run(onnx_path, {k: v[:3] for k, v in feeds.items()})
-    np.testing.assert_allclose(ort_small, y[:3], rtol=0, atol=ATOL)
-
-    framework = f"tensorflow {tf.__version__} / keras {keras.__version__}"
-    write_golden(OUT_DIR, name, framework, opset, taps, f"tf2onnx {tf2onnx.__version__}", kind)
-    gpath = OUT_DIR / f"{name}.golden.json"
-    golden: dict[str, Any] = json.loads(gpath.read_text())
-    golden["layout"] = "NHWC" if data.ndim == 4 else "NF"
-    golden["channel_axis"] = data.ndim - 1
-    gpath.write_text(json.dumps(golden, indent=1) + "\n")
+    extra = {"layout": "NHWC" if data.ndim == 4 else "NF", "channel_axis": data.ndim - 1}
+    finish_case(
+        OUT_DIR,
+        name,
+        data,
+        y,
+        taps,
+        f"tensorflow {tf.__version__} / keras {keras.__version__}",
+        opset,
+        f"tf2onnx {tf2onnx.__version__}",
+        kind,
+        extra,
+    )
     return name
 
 
