@@ -131,7 +131,7 @@ def effective_ranks(
 
     with (
         threadpool_limits(limits=1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        ThreadPoolExecutor(max_workers=workers or _cores()) as pool,
     ):
         list(pool.map(one, small))
     return out

@@ -22,7 +22,7 @@ from convolutions and channel-wise ops, the last axis for dense/sequence tensors
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -639,8 +639,3 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
 def _op_of(index: GraphIndex, tensor: str) -> str:
     n = index.node_of(tensor)
     return n.op_type if n is not None else "input"
-
-
-def tensors(plan: TapPlan) -> Iterable[str]:
-    """The tap tensor names of ``plan``, in order."""
-    return (t.tensor for t in plan.taps)
