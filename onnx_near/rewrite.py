@@ -63,14 +63,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def expose_taps(model: onnx.ModelProto, taps: tuple[Tap, ...]) -> onnx.ModelProto:
+def expose_taps(model: onnx.ModelProto, taps: tuple[Tap, ...], in_place: bool = False) -> onnx.ModelProto:
     """Afterwards: every tap tensor is a graph output; the model's own outputs come first.
 
     The added outputs declare their element type only (never a shape, which could
-    conflict with what the runtime computes).
+    conflict with what the runtime computes).  ``in_place`` adds them to ``model`` itself
+    instead of a copy (saving a copy of the weights when the caller owns the model).
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if in_place:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     present = {o.name for o in out.graph.output}
     for tap in taps:
         if tap.tensor in present:
@@ -111,7 +115,8 @@ def prepare(loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | No
             else "weighted layer (Conv, Gemm, MatMul with constant weights, normalisation) and no activation"
         )
         raise NoTapsError(f"{loaded.path.name!r} has no {what}: there is nothing to score")
-    return PreparedModel(expose_taps(model, plan.taps), plan, index)
+    # The analysed model is a copy the rewrite owns (unless every pass was a no-op): extend it.
+    return PreparedModel(expose_taps(model, plan.taps, in_place=model is not loaded.proto), plan, index)
 
 
 def _first_line(e: BaseException) -> str:

@@ -66,6 +66,8 @@ def score(
     budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
     prepared = prepare(loaded, cfg.taps, cfg.axes)
     index, plan = prepared.index, prepared.plan
+    base_dir, name = loaded.base_dir, loaded.path.name
+    del loaded  # the rewritten model is an independent copy: let the original's weights go
     arrays = read_data(data, index.graph_inputs)
     specs = input_specs(index, cfg.shapes, arrays)
     budget.check_inputs(specs, cfg.max_memory)
@@ -74,8 +76,8 @@ def score(
 
     t0 = perf_counter()
     outputs = [t.tensor for t in plan.taps]
-    label = repr(loaded.path.name)
-    runner = Runner(prepared.model, loaded.base_dir, cfg.device, outputs, label, cfg.threads, deadline)
+    label = repr(name)
+    runner = Runner(prepared.model, base_dir, cfg.device, outputs, label, cfg.threads, deadline)
     timings["session"] = perf_counter() - t0
 
     t0 = perf_counter()
@@ -95,7 +97,7 @@ def score(
             skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
     if not geoms:
         raise NoTapsError(
-            f"none of the {len(plan.taps)} taps of {loaded.path.name!r} can be made into a matrix: {skipped[-1].reason}"
+            f"none of the {len(plan.taps)} taps of {name!r} can be made into a matrix: {skipped[-1].reason}"
         )
     taps = [t for t in plan.taps if t.tensor in geoms]
     per_sample = sum(probe[t].nbytes for t in geoms) / probe_batch
@@ -121,7 +123,7 @@ def score(
         if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
             t0 = perf_counter()
             model = reinitialize(prepared.model, cfg.reinit, rng)
-            runner = Runner(model, loaded.base_dir, cfg.device, outputs, label, cfg.threads, deadline)
+            runner = Runner(model, base_dir, cfg.device, outputs, label, cfg.threads, deadline)
             timings["session"] += perf_counter() - t0
         t0 = perf_counter()
         slack = (available - samples) if available is not None and cfg.rows != "all" else 0
