@@ -10,7 +10,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -22,24 +23,66 @@ from .config import ScoreConfig
 from .cost import count_macs
 from .erank import approximate_effective_rank, effective_ranks
 from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
-from .graph import parameter_count
-from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
+from .graph import GraphIndex, parameter_count
+from .inputs import DataArg, InputSpec, Source, check_data, elem_name, input_specs, read_data
 from .load import load_model
 from .matrices import Collector, Geometry, draw_blocks, geometry, window_samples
 from .reinit import reinitialize
 from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
 from .rewrite import analyse, prepare
 from .run import Runner
+from .taps import Tap
 
 log = logging.getLogger(__name__)
-
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def make_config(config: ScoreConfig | None = None, **options: Any) -> ScoreConfig:
     """``config`` with ``options`` (field names of :class:`ScoreConfig`) applied on top."""
     base = config or ScoreConfig()
     return replace(base, **options) if options else base
+
+
+@dataclass
+class _Run:
+    """What stays fixed across the repetitions of one score."""
+
+    cfg: ScoreConfig
+    name: str
+    base_dir: Path
+    model: onnx.ModelProto  # the rewritten model, taps exposed
+    index: GraphIndex
+    specs: list[InputSpec]
+    source: Source
+    runner: Runner
+    outputs: list[str]
+    taps: list[Tap]
+    geoms: dict[str, Geometry]
+    skipped: list[Skipped]
+    batch: int
+    static: int | None
+    samples: int
+    available: int | None
+    deadline: float | None
+
+    @property
+    def label(self) -> str:
+        return repr(self.name)
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)")
+
+
+@dataclass
+class _TapStats:
+    """What one tap gathers over the repetitions."""
+
+    eranks: list[float] = field(default_factory=list)
+    row_starts: list[int] = field(default_factory=list)
+    saturation: list[float] = field(default_factory=list)
+    bounds: list[float] = field(default_factory=list)  # approximate route: error bound per repetition
+    shape: tuple[int, int] = (0, 0)
+    invalid: str | None = None
 
 
 def score(
@@ -59,8 +102,19 @@ def score(
         one :class:`LayerScore` per tap, and what could not be scored.  Higher is better.
     """
     cfg = make_config(config, **options)
+    timings = {"load_rewrite": 0.0, "session": 0.0, "forward": 0.0, "erank": 0.0}
+    run = _set_up(model, data, cfg, timings)
+    xp = _array_module(run.runner.provider)
+    rng = np.random.default_rng(cfg.seed)
+    stats = {t.tensor: _TapStats() for t in run.taps}
+    windows = [_repetition(run, rng, xp, stats, timings) for _ in range(cfg.repetitions)]
+    return _result(str(model), run, stats, windows, timings)
+
+
+def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timings: dict[str, float]) -> _Run:
+    """Load, check and rewrite the model, read the data, create the session, and learn each
+    tap's geometry from a probe pass of one sample; fix the window and the batch size."""
     deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else None
-    timings: dict[str, float] = {}
     t0 = perf_counter()
     loaded = load_model(model)
     budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
@@ -72,13 +126,12 @@ def score(
     specs = input_specs(index, cfg.shapes, arrays)
     budget.check_inputs(specs, cfg.max_memory)
     source = Source(specs, check_data(arrays, specs) if arrays is not None else None)
-    timings["load_rewrite"] = perf_counter() - t0
+    timings["load_rewrite"] += perf_counter() - t0
 
     t0 = perf_counter()
     outputs = [t.tensor for t in plan.taps]
-    label = repr(name)
-    runner = Runner(prepared.model, base_dir, cfg.device, outputs, label, cfg.threads, deadline)
-    timings["session"] = perf_counter() - t0
+    runner = Runner(prepared.model, base_dir, cfg.device, outputs, repr(name), cfg.threads, deadline)
+    timings["session"] += perf_counter() - t0
 
     t0 = perf_counter()
     static = source.static_batch
@@ -99,74 +152,107 @@ def score(
         raise NoTapsError(
             f"none of the {len(plan.taps)} taps of {name!r} can be made into a matrix: {skipped[-1].reason}"
         )
-    taps = [t for t in plan.taps if t.tensor in geoms]
     per_sample = sum(probe[t].nbytes for t in geoms) / probe_batch
-    batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
     available = source.n_samples
     samples = window_samples(geoms, cfg.rows, available, cfg.samples)
     _check_rows(cfg, geoms, samples, available)
     budget.check_matrices(geoms, cfg.rows, samples, {t: probe[t].dtype.itemsize for t in geoms}, cfg.max_memory)
-    batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory))) if not static else batch
-    timings["forward"] = perf_counter() - t0
-    timings["erank"] = 0.0
+    batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
+    if not static:
+        batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory)))
+    timings["forward"] += perf_counter() - t0
+    taps = [t for t in plan.taps if t.tensor in geoms]
+    return _Run(
+        cfg,
+        name,
+        base_dir,
+        prepared.model,
+        index,
+        specs,
+        source,
+        runner,
+        outputs,
+        taps,
+        geoms,
+        skipped,
+        batch,
+        static,
+        samples,
+        available,
+        deadline,
+    )
 
-    xp = _array_module(runner.provider)
-    rng = np.random.default_rng(cfg.seed)
-    eranks: dict[str, list[float]] = {t.tensor: [] for t in taps}
-    shapes: dict[str, tuple[int, int]] = {}
-    invalid: dict[str, str] = {}
-    bounds_kept: dict[str, list[float]] = {}  # approximate taps: error bound per repetition
-    saturation: dict[str, list[float]] = {}  # bounded activations: share of values at their bounds
-    windows: list[int] = []  # first sample of each repetition's window, in the data
-    row_starts: dict[str, list[int]] = {}  # first row of each tap's block, per repetition
-    for _ in range(cfg.repetitions):
-        if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
-            t0 = perf_counter()
-            model = reinitialize(prepared.model, cfg.reinit, rng)
-            runner = Runner(model, base_dir, cfg.device, outputs, label, cfg.threads, deadline)
-            timings["session"] += perf_counter() - t0
-        t0 = perf_counter()
-        slack = (available - samples) if available is not None and cfg.rows != "all" else 0
-        start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-        blocks = draw_blocks(geoms, cfg.rows, samples, rng)
-        windows.append(start)
-        for name, b in blocks.items():
-            row_starts.setdefault(name, []).append(b.start)
-        collector = Collector(geoms, blocks)
-        need = collector.samples_needed
-        window = source.window(start, need, rng)
-        lo = 0
-        while lo < need:
-            hi = min(lo + batch, need)
-            collector.add(lo, hi, runner.run(window.batch(lo, hi, pad_to=static)))
-            lo = hi
-        timings["forward"] += perf_counter() - t0
-        t0 = perf_counter()
-        if deadline is not None and time.monotonic() > deadline:
-            raise RunError(f"scoring {label} took longer than the time limit (--timeout)")
-        matrices = [collector.matrices[t.tensor] for t in taps]
-        values = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp)
-        for k, m in enumerate(matrices):
-            if _approximated(cfg, m):  # stochastic Lanczos quadrature, its error bound kept
-                try:
-                    estimate, stderr = approximate_effective_rank(m, rng)
-                    values[k] = estimate
-                    bounds_kept.setdefault(taps[k].tensor, []).append(4 * stderr)
-                except NonFiniteMatrixError as err:
-                    values[k] = err
-        for t, m, value in zip(taps, matrices, values):
-            shapes[t.tensor] = (int(m.shape[0]), int(m.shape[1]))
-            bounds = SATURATING.get(t.op)
-            if bounds is not None:
-                saturation.setdefault(t.tensor, []).append(saturated_fraction(m, *bounds))
-            if isinstance(value, NonFiniteMatrixError):
-                invalid[t.tensor] = "its activations hold NaN or Inf, so it has no effective rank"
-                eranks[t.tensor].append(math.nan)
-            else:
-                eranks[t.tensor].append(value)
-        timings["erank"] += perf_counter() - t0
 
-    warnings = _shape_warnings(cfg, taps, shapes, available)
+def _repetition(
+    run: _Run, rng: np.random.Generator, xp: Any, stats: dict[str, _TapStats], timings: dict[str, float]
+) -> int:
+    """One repetition: fresh weights (if asked), a window of samples, each tap's block of
+    rows, and their effective ranks.  Returns the window's first sample in the data."""
+    cfg = run.cfg
+    if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
+        t0 = perf_counter()
+        weights = reinitialize(run.model, cfg.reinit, rng)
+        run.runner = Runner(weights, run.base_dir, cfg.device, run.outputs, run.label, cfg.threads, run.deadline)
+        timings["session"] += perf_counter() - t0
+    t0 = perf_counter()
+    slack = (run.available - run.samples) if run.available is not None and cfg.rows != "all" else 0
+    start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
+    blocks = draw_blocks(run.geoms, cfg.rows, run.samples, rng)
+    for tensor, b in blocks.items():
+        stats[tensor].row_starts.append(b.start)
+    collector = Collector(run.geoms, blocks)
+    need = collector.samples_needed
+    window = run.source.window(start, need, rng)
+    for lo in range(0, need, run.batch):
+        hi = min(lo + run.batch, need)
+        collector.add(lo, hi, run.runner.run(window.batch(lo, hi, pad_to=run.static)))
+    timings["forward"] += perf_counter() - t0
+
+    t0 = perf_counter()
+    run.check_time()
+    matrices = [collector.matrices[t.tensor] for t in run.taps]
+    for t, m, (value, bound) in zip(run.taps, matrices, _ranks(cfg, matrices, rng, xp)):
+        st = stats[t.tensor]
+        st.shape = (int(m.shape[0]), int(m.shape[1]))
+        limits = SATURATING.get(t.op)
+        if limits is not None:
+            st.saturation.append(saturated_fraction(m, *limits))
+        if bound is not None:
+            st.bounds.append(bound)
+        if isinstance(value, NonFiniteMatrixError):
+            st.invalid = "its activations hold NaN or Inf, so it has no effective rank"
+            st.eranks.append(math.nan)
+        else:
+            st.eranks.append(value)
+    timings["erank"] += perf_counter() - t0
+    return start
+
+
+def _ranks(
+    cfg: ScoreConfig, matrices: list[np.ndarray], rng: np.random.Generator, xp: Any
+) -> list[tuple[float | NonFiniteMatrixError, float | None]]:
+    """Each matrix's effective rank (or its NaN/Inf error) and, when approximated, the bound."""
+    exact = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp)
+    out: list[tuple[float | NonFiniteMatrixError, float | None]] = []
+    for m, value in zip(matrices, exact):
+        if not _approximated(cfg, m):
+            out.append((value, None))
+            continue
+        try:  # stochastic Lanczos quadrature; the bound is four standard errors
+            estimate, stderr = approximate_effective_rank(m, rng)
+            out.append((estimate, 4 * stderr))
+        except NonFiniteMatrixError as err:
+            out.append((err, None))
+    return out
+
+
+def _result(
+    model: str, run: _Run, stats: dict[str, _TapStats], windows: list[int], timings: dict[str, float]
+) -> ScoreResult:
+    """The report: per-tap means over the repetitions, and the totals."""
+    cfg = run.cfg
+    shapes = {t: st.shape for t, st in stats.items()}
+    warnings = _shape_warnings(cfg, run.taps, shapes, run.available)
     for w in warnings:
         log.warning(w)
     layers = tuple(
@@ -176,35 +262,36 @@ def score(
             op=t.op,
             role=t.role,
             tensor=t.tensor,
-            shape=shapes[t.tensor],
-            erank=_mean(eranks[t.tensor]),
-            erank_std=_std(eranks[t.tensor]),
-            axis=geoms[t.tensor].axis,
-            status="invalid" if t.tensor in invalid else "ok",
-            reason=invalid.get(t.tensor),
-            row_starts=tuple(row_starts[t.tensor]),
-            saturation=_mean(saturation[t.tensor]) if t.tensor in saturation else None,
-            erank_error=_mean(bounds_kept[t.tensor]) if t.tensor in bounds_kept else None,
+            shape=st.shape,
+            erank=_mean(st.eranks),
+            erank_std=_std(st.eranks),
+            axis=run.geoms[t.tensor].axis,
+            status="invalid" if st.invalid else "ok",
+            reason=st.invalid,
+            row_starts=tuple(st.row_starts),
+            saturation=_mean(st.saturation) if st.saturation else None,
+            erank_error=_mean(st.bounds) if st.bounds else None,
         )
-        for k, t in enumerate(taps)
+        for k, t in enumerate(run.taps)
+        for st in [stats[t.tensor]]
     )
-    totals = [sum(eranks[t.tensor][r] for t in taps) for r in range(cfg.repetitions)]
+    totals = [sum(stats[t.tensor].eranks[r] for t in run.taps) for r in range(cfg.repetitions)]
     timings["total"] = sum(timings.values())
     return ScoreResult(
-        model=str(model),
+        model=model,
         score=_mean(totals),
         score_std=_std(totals),
         scores=tuple(totals),
         repetitions=cfg.repetitions,
-        provider=runner.provider,
+        provider=run.runner.provider,
         seed=cfg.seed,
         rows=str(cfg.rows),
         taps=cfg.taps,
-        params=parameter_count(index),
-        macs=count_macs(index.model, {s.name: s.sample_shape for s in specs}),
+        params=parameter_count(run.index),
+        macs=count_macs(run.index.model, {s.name: s.sample_shape for s in run.specs}),
         window_starts=tuple(windows),
         layers=layers,
-        skipped=tuple(skipped),
+        skipped=tuple(run.skipped),
         warnings=tuple(warnings),
         timings=timings,
     )
