@@ -80,8 +80,8 @@ class Runner:
         finally:
             ort.set_default_logger_severity(previous)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; return the requested outputs by name.
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run one batch; return the requested outputs (default: all the runner's) by name.
 
         Past the deadline the run is stopped (onnxruntime's terminate flag) and
         :class:`RunError` says the time limit was reached.
@@ -96,7 +96,8 @@ class Runner:
             timer.daemon = True
             timer.start()
         try:
-            values = self.session.run(self.outputs, dict(feeds), options)
+            names = list(outputs) if outputs is not None else self.outputs
+            values = self.session.run(names, dict(feeds), options)
         except Exception as e:
             if options.terminate:
                 raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)") from e
@@ -104,7 +105,7 @@ class Runner:
         finally:
             if timer is not None:
                 timer.cancel()
-        return dict(zip(self.outputs, values))
+        return dict(zip(names, values))
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:

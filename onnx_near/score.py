@@ -57,6 +57,7 @@ class _Run:
     outputs: list[str]
     taps: list[Tap]
     geoms: dict[str, Geometry]
+    groups: list[list[str]]  # taps run together; more than one when a sample's outputs exceed the budget
     skipped: list[Skipped]
     batch: int
     static: int | None
@@ -152,7 +153,14 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
         raise NoTapsError(
             f"none of the {len(plan.taps)} taps of {name!r} can be made into a matrix: {skipped[-1].reason}"
         )
-    per_sample = sum(probe[t].nbytes for t in geoms) / probe_batch
+    sizes = {t: probe[t].nbytes / probe_batch for t in geoms}  # bytes of one sample's output, per tap
+    groups = budget.tap_groups(sizes, min(cfg.max_batch_bytes, cfg.max_memory // 4))
+    if len(groups) > 1:
+        log.info(
+            "one sample's tap outputs exceed the batch budget: the model runs %d times, a group of taps each",
+            len(groups),
+        )
+    per_sample = max(sum(sizes[t] for t in g) for g in groups)
     available = source.n_samples
     samples = window_samples(geoms, cfg.rows, available, cfg.samples)
     _check_rows(cfg, geoms, samples, available)
@@ -174,6 +182,7 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
         outputs,
         taps,
         geoms,
+        groups,
         skipped,
         batch,
         static,
@@ -200,17 +209,22 @@ def _repetition(
     blocks = draw_blocks(run.geoms, cfg.rows, run.samples, rng)
     for tensor, b in blocks.items():
         stats[tensor].row_starts.append(b.start)
-    collector = Collector(run.geoms, blocks)
-    need = collector.samples_needed
-    window = run.source.window(start, need, rng)
-    for lo in range(0, need, run.batch):
-        hi = min(lo + run.batch, need)
-        collector.add(lo, hi, run.runner.run(window.batch(lo, hi, pad_to=run.static)))
+    kept: dict[str, np.ndarray] = {}
+    need = Collector(run.geoms, blocks).samples_needed
+    state = rng.bit_generator.state  # every group runs the same samples (the same synthetic draws)
+    for group in run.groups:
+        rng.bit_generator.state = state
+        collector = Collector({t: run.geoms[t] for t in group}, {t: blocks[t] for t in group})
+        window = run.source.window(start, need, rng)
+        for lo in range(0, need, run.batch):
+            hi = min(lo + run.batch, need)
+            collector.add(lo, hi, run.runner.run(window.batch(lo, hi, pad_to=run.static), group))
+        kept.update(collector.matrices)
     timings["forward"] += perf_counter() - t0
 
     t0 = perf_counter()
     run.check_time()
-    matrices = [collector.matrices[t.tensor] for t in run.taps]
+    matrices = [kept[t.tensor] for t in run.taps]
     for t, m, (value, bound) in zip(run.taps, matrices, _ranks(cfg, matrices, rng, xp)):
         st = stats[t.tensor]
         st.shape = (int(m.shape[0]), int(m.shape[1]))

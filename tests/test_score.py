@@ -263,3 +263,20 @@ def test_exporter_shape_quirks_do_not_stop_scoring(tmp_path: Path) -> None:
     quirky = onnx_near.score(save(m, tmp_path / "quirky.onnx"), seed=2)
     tidy = onnx_near.score(MODELS / "cnn.onnx", seed=2)
     assert quirky.scores == tidy.scores
+
+
+def test_tap_groups_when_one_sample_exceeds_the_batch_budget() -> None:
+    """With a budget smaller than one sample's tap outputs, the model runs once per group of
+    taps over the same samples: the scores are those of a single pass, bit for bit."""
+    whole = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2)
+    grouped = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, max_batch_bytes=6000)
+    assert grouped.scores == whole.scores
+    assert [l.erank for l in grouped.layers] == [l.erank for l in whole.layers]
+
+
+def test_tap_groups_split_in_order() -> None:
+    """Consecutive taps fill a group up to the limit; a tap larger than the limit stands alone."""
+    from onnx_near.budget import tap_groups
+
+    assert tap_groups({"a": 4, "b": 4, "c": 9, "d": 1}, 8) == [["a", "b"], ["c"], ["d"]]
+    assert tap_groups({"a": 1, "b": 2}, 100) == [["a", "b"]]
