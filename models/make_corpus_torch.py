@@ -54,8 +54,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import torch
-from common import ATOL, Tap, cap_ir_version, ort_run, save_inputs, tap, write_golden
-from make_models import randomize_batchnorm_stats
+from common import ATOL, Tap, cap_ir_version, ort_run, save_inputs, write_golden
+from make_models import hook_goldens, randomize_batchnorm_stats, torch_tap
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -132,44 +132,6 @@ def normal(name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- goldens
-
-
-def tap_matrix(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """Feature axis ``axis`` -> columns, every other axis -> rows (in order)."""
-    return t.movedim(axis, -1).reshape(-1, t.shape[axis])
-
-
-def torch_tap(module: str, type_: str, role: str, t: torch.Tensor, axis: int) -> Tap:
-    return tap(module, type_, role, tap_matrix(t.detach(), axis).numpy())
-
-
-def hook_goldens(model: nn.Module, x: torch.Tensor, axis: int) -> tuple[list[Tap], torch.Tensor]:
-    """One float32 forward with hooks on weighted modules ("pre") and activations ("post")."""
-    taps: list[Tap] = []
-    seen: list[torch.Tensor] = []  # kept alive, so identity checks are sound
-
-    def make_hook(name: str, role: str) -> Callable[..., None]:
-        def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            if any(out is s for s in seen):  # each distinct tensor once
-                return
-            seen.append(out)
-            taps.append(torch_tap(name, type(module).__name__, role, out, axis))
-
-        return hook
-
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, POST_TYPES):  # PReLU has weights but is an activation
-            handles.append(module.register_forward_hook(make_hook(name, "post")))
-        elif isinstance(module, PRE_TYPES):
-            handles.append(module.register_forward_hook(make_hook(name, "pre")))
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return taps, y
 
 
 def transformer_goldens(model: nn.TransformerEncoder, x: torch.Tensor) -> tuple[list[Tap], torch.Tensor]:
@@ -408,7 +370,7 @@ def write_case(
     model.eval()
     x = torch.from_numpy(data)
     gm = (golden_model if golden_model is not None else model).eval()
-    taps, y_golden = goldens(gm, x) if goldens is not None else hook_goldens(gm, x, axis)
+    taps, y_golden = goldens(gm, x) if goldens is not None else hook_goldens(gm, x, axis, PRE_TYPES, POST_TYPES)
     with torch.no_grad():
         y = model(x)
     torch.testing.assert_close(y_golden, y, rtol=0, atol=1e-5)  # e.g. fused vs unfused BN

@@ -17,8 +17,8 @@ encoder, int64 token ids) -- all untrained torch models with seeded weights -- a
 
 Why the goldens are independent: they are computed on the source-framework side only.
 For torch models, forward hooks on the torch modules capture the tap outputs during one
-float32 forward pass over all samples, and the singular values come from
-``torch.linalg.svdvals`` in float64.  For scikit-learn, the forward pass is recomputed in
+float32 forward pass over all samples, and the singular values of each tap's matrix come
+from ``numpy.linalg.svd`` in float64 (``common.erank_numpy``).  For scikit-learn, the forward pass is recomputed in
 float64 numpy from ``clf.coefs_`` / ``clf.intercepts_`` and the singular values come from
 ``numpy.linalg.svd``.  Neither ONNX nor onnxruntime is used for any golden value;
 onnxruntime is only used as a sanity check that the exported graph reproduces the
@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import sklearn
 import torch
-from common import ATOL, Tap, cap_ir_version, erank_numpy, ort_run, save_inputs, write_golden
+from common import ATOL, Tap, cap_ir_version, erank_numpy, ort_run, save_inputs, tap, write_golden
 from torch import nn
 
 OUT_DIR = Path(__file__).resolve().parent
@@ -53,24 +53,6 @@ POST_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.SiLU, nn.GELU)
 
 
 # --------------------------------------------------------------------------- effective rank
-
-
-def erank_torch(matrix: torch.Tensor) -> float:
-    """Effective rank exp(H(sigma / sum sigma)) in float64, torch side; 0 for an all-zero matrix."""
-    s = torch.linalg.svdvals(matrix.double())
-    total = s.sum()
-    if total.item() == 0.0:
-        return 0.0
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * torch.log(p)).sum()).item())
-
-
-def tap_matrix_torch(t: torch.Tensor) -> torch.Tensor:
-    """Feature axis -> columns, all other axes -> rows (axis 1 for NCHW, else the last axis)."""
-    if t.dim() == 4:
-        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-    return t.reshape(-1, t.shape[-1])
 
 
 # --------------------------------------------------------------------------- torch models
@@ -189,31 +171,43 @@ class TinyEncoder(nn.Module):
 # --------------------------------------------------------------------------- torch side
 
 
-def torch_goldens(model: nn.Module, x: torch.Tensor) -> tuple[list[Tap], torch.Tensor]:
-    """One float32 forward pass with hooks; returns taps (in firing order) and the output."""
+def tap_matrix(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Feature axis ``axis`` -> columns, every other axis -> rows (in order)."""
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis])
+
+
+def torch_tap(module: str, type_: str, role: str, t: torch.Tensor, axis: int) -> Tap:
+    """One golden tap from a torch tensor: all rows, effective rank in float64 (common.tap)."""
+    return tap(module, type_, role, tap_matrix(t.detach(), axis).numpy())
+
+
+def hook_goldens(
+    model: nn.Module,
+    x: torch.Tensor,
+    axis: int,
+    pre_types: tuple[type[nn.Module], ...] = PRE_TYPES,
+    post_types: tuple[type[nn.Module], ...] = POST_TYPES,
+) -> tuple[list[Tap], torch.Tensor]:
+    """One float32 forward with hooks on weighted modules ("pre") and activations ("post");
+    each distinct output tensor once, in firing order.  Returns the taps and the output."""
     taps: list[Tap] = []
+    seen: list[torch.Tensor] = []  # kept alive, so identity checks are sound
 
     def make_hook(name: str, role: str) -> Callable[..., None]:
         def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            m = tap_matrix_torch(out.detach().clone())
-            taps.append(
-                {
-                    "module": name,
-                    "type": type(module).__name__,
-                    "role": role,
-                    "shape": list(m.shape),
-                    "erank": erank_torch(m),
-                }
-            )
+            if any(out is s for s in seen):
+                return
+            seen.append(out)
+            taps.append(torch_tap(name, type(module).__name__, role, out, axis))
 
         return hook
 
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, PRE_TYPES):
-            handles.append(module.register_forward_hook(make_hook(name, "pre")))
-        elif isinstance(module, POST_TYPES):
+        if isinstance(module, post_types):  # PReLU has weights but is an activation
             handles.append(module.register_forward_hook(make_hook(name, "post")))
+        elif isinstance(module, pre_types):
+            handles.append(module.register_forward_hook(make_hook(name, "pre")))
     try:
         with torch.no_grad():
             y = model(x)
@@ -288,7 +282,7 @@ def build_torch_model(
 ) -> None:
     model.eval()
     x = torch.from_numpy(data)
-    taps, y = torch_goldens(model, x)
+    taps, y = hook_goldens(model, x, axis=1 if x.dim() == 4 else -1)
     onnx_path = OUT_DIR / f"{name}.onnx"
     export_torch(model, x, onnx_path, input_name, "logits", keep_batchnorm=keep_batchnorm)
     proto = cap_ir_version(onnx_path)
