@@ -17,6 +17,7 @@ quantity over the pre- and post-activation matrices of a network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,24 +45,42 @@ def erank_from_singular_values(sigma: Any, xp: ModuleType = np) -> float:
 
 # Below this size an SVD costs next to nothing: no need for the Gram route.
 GRAM_MIN_SIZE = 48
+# From this size on, a Cholesky test (a quarter of the eigenvalues' time) spares singular
+# Gram matrices their eigenvalues; below it, computing them in vain costs little.
+CHOLESKY_MIN_SIZE = 256
 # The Gram route is used only when its error bound on the effective rank stays below this.
 GRAM_MAX_RELATIVE_ERROR = 1e-6
 
 
 def singular_values(a: Any, xp: ModuleType = np) -> Any:
-    """Singular values of the float64 matrix ``a``, by the fastest route that is exact enough.
+    """The non-zero singular values of the float64 matrix ``a`` (and possibly some zeros).
 
-    The Gram route takes the eigenvalues of AᵀA (or AAᵀ, whichever is smaller) and their
-    square roots: about a third of the time of an SVD for the matrices NEAR sees.  Each
-    eigenvalue is known to within τ = max(rows, cols)·ε·λ_max, so σ_i to within
-    min(√τ, τ/(2σ_i)); the route is kept only when that perturbation can move the effective
-    rank by less than ``GRAM_MAX_RELATIVE_ERROR`` = 1e-6 (relative), i.e. for well-conditioned
-    matrices.  Rank-deficient ones (many σ near 0) go to the SVD, which is exact for them.
+    Exact steps first: rows and columns that are entirely zero (dead ReLU units, padding)
+    only add singular values that are exactly 0, which the effective rank ignores, so they
+    are dropped.  Then the fastest route that is exact enough:
+
+    - The Gram route takes the eigenvalues of AᵀA (or AAᵀ, whichever is smaller) and their
+      square roots: about a third of the time of an SVD for the matrices NEAR sees.  Each
+      eigenvalue is known to within τ = max(rows, cols)·ε·λ_max, so σ_i to within
+      min(√τ, τ/(2σ_i)); the route is kept only when that perturbation can move the
+      effective rank by less than ``GRAM_MAX_RELATIVE_ERROR`` = 1e-6 (relative), i.e. for
+      well-conditioned matrices.
+    - Otherwise the SVD (LAPACK gesdd), exact for every matrix.  When a Cholesky
+      factorisation of the Gram matrix fails (numerically singular: a layer wider than its
+      input, a 1×1 projection) the bound could not hold, so the eigenvalues are not even
+      computed and the SVD runs at once.
+
+    Float32 variants (SVD or Gram) were measured and rejected: on the benchmark's
+    rank-deficient layers their effective ranks are off by up to 3e-6 relative
+    (``python benchmarks/erank_routes.py``).
     """
+    a = _nonzero_part(a, xp)
     rows, cols = a.shape
     if min(rows, cols) < GRAM_MIN_SIZE:
-        return xp.linalg.svd(a, compute_uv=False)
+        return xp.linalg.svd(a, compute_uv=False) if a.size else xp.zeros(0)
     g = a.T @ a if rows >= cols else a @ a.T
+    if xp is np and min(rows, cols) >= CHOLESKY_MIN_SIZE and not _positive_definite(g):
+        return xp.linalg.svd(a, compute_uv=False)
     lam = xp.clip(xp.linalg.eigvalsh(g), 0.0, None)
     lam_max = float(lam.max())
     if lam_max <= 0.0:
@@ -77,13 +96,36 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
     return xp.linalg.svd(a, compute_uv=False)
 
 
+def _nonzero_part(a: Any, xp: ModuleType) -> Any:
+    """``a`` without its all-zero rows and columns (a view-free copy only when some are zero)."""
+    nonzero = a != 0
+    cols = nonzero.any(axis=0)
+    rows = nonzero.any(axis=1)
+    if bool(cols.all()) and bool(rows.all()):
+        return a
+    return a[rows][:, cols]
+
+
+def _positive_definite(g: np.ndarray) -> bool:
+    """Whether a Cholesky factorisation of the symmetric matrix ``g`` succeeds (n³/3 flops).
+
+    ``g.T`` is the same matrix in column-major order, which spares numpy a transposing copy
+    (a quarter of a 1024×1024 factorisation's time measured).
+    """
+    try:
+        np.linalg.cholesky(g.T)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
 def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
     """Effective rank of a 2-D ``matrix`` (Roy & Vetterli 2007), computed in float64.
 
     The matrix is used as it is: it is neither centred nor scaled.  Raises
     :class:`NonFiniteMatrixError` when it holds NaN or Inf, since such a matrix has no
     effective rank; an all-zero matrix has effective rank 0.  The singular values come from
-    :func:`singular_values` (Gram route when provably exact to 1e-7, else SVD).
+    :func:`singular_values` (Gram route when provably exact to 1e-6, else SVD).
     """
     a = xp.asarray(matrix, dtype=xp.float64)
     if a.ndim != 2:
@@ -95,10 +137,12 @@ def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
     return erank_from_singular_values(singular_values(a, xp), xp)
 
 
-# Matrices at least this large are computed one at a time with every BLAS thread; smaller
-# ones are spread over a pool of threads, each with a single BLAS thread.  Measured on
-# 2 cores: a multi-threaded BLAS on a 128×128 matrix costs up to 30× more than a
-# single-threaded one when the machine is busy, while a 1024×1024 one gains from it.
+# Matrices at least this large are worth every BLAS thread when there are fewer of them than
+# workers; otherwise each matrix runs on a single BLAS thread, several matrices at a time, so
+# every core stays busy without oversubscription.  Measured on 2 cores: a multi-threaded BLAS
+# on a 128×128 matrix costs up to 30× more than a single-threaded one when the machine is
+# busy; four 1024×1024 activation matrices take 0.27 s two at a time on one thread each,
+# 0.33 s one after the other on two threads (0.53 s on one).
 LARGE_MATRIX = 768
 
 
@@ -107,9 +151,11 @@ def effective_ranks(
 ) -> list[float | NonFiniteMatrixError]:
     """:func:`effective_rank` of each matrix; a matrix with NaN/Inf gives its error instead.
 
-    Large matrices use all BLAS threads one after the other; the others run concurrently
-    in ``workers`` threads (default: the CPU count) with one BLAS thread each, so every core
-    stays busy without oversubscription.  Results come back in the order given.
+    The matrices are spread over ``workers`` threads (default: the CPUs this process may
+    use; when given, also the most BLAS threads used) with one BLAS thread each, largest
+    first so the last to finish is a small one.  Large matrices (``LARGE_MATRIX``) fewer than the workers run first, one at a time with
+    every BLAS thread.  Results come back in the order given, and do not depend on the
+    number of workers.
     """
     out: list[float | NonFiniteMatrixError] = [0.0] * len(matrices)
 
@@ -119,22 +165,36 @@ def effective_ranks(
         except NonFiniteMatrixError as e:
             out[k] = e
 
-    large = [k for k, m in enumerate(matrices) if min(m.shape) >= LARGE_MATRIX]
-    small = [k for k in range(len(matrices)) if k not in set(large)]
-    for k in large:
-        one(k)
-    if xp is not np or len(small) < 2:
-        for k in small:
+    if xp is not np:
+        for k in range(len(matrices)):
             one(k)
         return out
     from threadpoolctl import threadpool_limits
 
-    with (
-        threadpool_limits(limits=1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=workers or _cores()) as pool,
-    ):
-        list(pool.map(one, small))
+    cap = threadpool_limits(limits=workers, user_api="blas") if workers else contextlib.nullcontext()
+    workers = workers or _cores()
+    order = sorted(range(len(matrices)), key=lambda k: -_cost(matrices[k].shape))
+    large = [k for k in order if min(matrices[k].shape) >= LARGE_MATRIX]
+    alone = large if len(large) < workers else []
+    pooled = [k for k in order if k not in set(alone)]
+    if workers < 2 or len(pooled) < 2:
+        alone, pooled = order, []
+    with cap:
+        for k in alone:
+            one(k)
+    if pooled:
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            ThreadPoolExecutor(max_workers=workers) as pool,
+        ):
+            list(pool.map(one, pooled))
     return out
+
+
+def _cost(shape: tuple[int, ...]) -> int:
+    """The order of the work of one decomposition: rows·cols·min(rows, cols)."""
+    rows, cols = shape[0], shape[1] if len(shape) > 1 else 1
+    return rows * cols * min(rows, cols)
 
 
 def _cores() -> int:

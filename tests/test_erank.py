@@ -170,3 +170,51 @@ def test_score_reports_the_bound_of_approximated_taps(tmp_path: object) -> None:
     r = onnx_near.score(path, approx_above=200)
     errors = {l.op: l.erank_error for l in r.layers}
     assert errors["Relu"] is not None and errors["Relu"] > 0 and r.layers[-1].erank_error is None
+
+
+def test_zero_rows_and_columns_are_dropped_exactly() -> None:
+    """Dead units (all-zero columns) and all-zero rows leave the effective rank unchanged."""
+    from onnx_near import erank as core
+
+    rng = np.random.default_rng(6)
+    a = np.maximum(rng.standard_normal((300, 200)), 0)
+    a[:, ::3] = 0.0  # dead units
+    a[::7] = 0.0  # rows without any activity
+    s = core.singular_values(a)
+    assert len(s) == min(300 - 43, 200 - 67)
+    assert effective_rank(a) == pytest.approx(_svd_erank(a), rel=1e-12)
+    assert effective_rank(np.zeros((50, 60))) == 0.0
+
+
+def test_singular_gram_goes_straight_to_the_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer wider than its input: the Cholesky test fails, so no eigenvalues are computed."""
+    from onnx_near import erank as core
+
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((256, 100)) @ rng.standard_normal((100, 256))
+    calls: list[str] = []
+    for name in ("eigvalsh", "svd"):
+        original = getattr(np.linalg, name)
+        monkeypatch.setattr(
+            np.linalg, name, lambda *args, _f=original, _n=name, **kw: calls.append(_n) or _f(*args, **kw)
+        )
+    s = core.singular_values(a)
+    assert calls == ["svd"]
+    assert erank_from_singular_values(s) == pytest.approx(_svd_erank(a), rel=1e-12)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_effective_ranks_do_not_depend_on_the_workers(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large and small matrices, one with NaN: same values in the same order for any pool size."""
+    from onnx_near import erank as core
+    from onnx_near.erank import effective_ranks
+    from onnx_near.errors import NonFiniteMatrixError
+
+    monkeypatch.setattr(core, "LARGE_MATRIX", 100)  # two "large" matrices, without the cost
+    rng = np.random.default_rng(8)
+    mats = [np.maximum(rng.standard_normal((n, n)), 0) for n in (20, 150, 64, 120, 90)]
+    mats.insert(2, np.full((5, 5), np.nan))
+    got = effective_ranks(mats, workers=workers)
+    assert isinstance(got[2], NonFiniteMatrixError)
+    want = [_svd_erank(m) for k, m in enumerate(mats) if k != 2]
+    assert [g for k, g in enumerate(got) if k != 2] == pytest.approx(want, rel=1e-10)
