@@ -188,7 +188,13 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             metavar="N",
             help="Approximate erank (Lanczos quadrature, with an error bound) for matrices of at least N×N.",
         ),
-        click.option("--threads", type=int, default=0, show_default=True, help="onnxruntime threads (0: its default)."),
+        click.option(
+            "--threads",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Threads for onnxruntime and the effective ranks (0: every CPU).",
+        ),
     )
 
 

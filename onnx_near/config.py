@@ -45,7 +45,8 @@ class ScoreConfig:
         samples: number of synthetic samples when ``rows="all"`` and no data is given.
         reinit: re-draw the layer weights with this scheme (see :mod:`onnx_near.reinit`)
             before each repetition, as the authors' code does; None keeps the model's weights.
-        threads: onnxruntime intra-op threads (0: onnxruntime's default, all cores).
+        threads: threads for onnxruntime (intra-op) and for the effective ranks (0: all
+            the CPUs this process may use).
         max_memory: bytes the model's weights, one batch of inputs and tap outputs, and the
             matrices kept may take; a model or request that needs more is refused up front.
         timeout: seconds the whole computation may run (None: no limit); onnxruntime is

@@ -218,7 +218,10 @@ def _repetition(
         window = run.source.window(start, need, rng)
         for lo in range(0, need, run.batch):
             hi = min(lo + run.batch, need)
-            collector.add(lo, hi, run.runner.run(window.batch(lo, hi, pad_to=run.static), group))
+            batch = window.batch(lo, hi, pad_to=run.static)  # drawn even when no tap needs it
+            needed = collector.needed(lo, hi)
+            if needed:  # only the taps with rows in this batch are copied out of onnxruntime
+                collector.add(lo, hi, run.runner.run(batch, needed))
         kept.update(collector.matrices)
     timings["forward"] += perf_counter() - t0
 
@@ -246,7 +249,9 @@ def _ranks(
     cfg: ScoreConfig, matrices: list[np.ndarray], rng: np.random.Generator, xp: Any
 ) -> list[tuple[float | NonFiniteMatrixError, float | None]]:
     """Each matrix's effective rank (or its NaN/Inf error) and, when approximated, the bound."""
-    exact = effective_ranks([m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp)
+    exact = effective_ranks(
+        [m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp, workers=cfg.threads or None
+    )
     out: list[tuple[float | NonFiniteMatrixError, float | None]] = []
     for m, value in zip(matrices, exact):
         if not _approximated(cfg, m):
