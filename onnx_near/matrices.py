@@ -123,15 +123,24 @@ class Collector:
         """Samples that must run before every block is complete."""
         return max(b.last_sample(self.geoms[n].rows_per_sample) for n, b in self.blocks.items()) + 1
 
+    def needed(self, lo: int, hi: int) -> list[str]:
+        """The taps with rows among samples ``lo .. hi``: the outputs that batch must return."""
+        return [
+            name
+            for name, g in self.geoms.items()
+            if max(lo, self.blocks[name].start // g.rows_per_sample)
+            < min(hi, self.blocks[name].last_sample(g.rows_per_sample) + 1)
+        ]
+
     def add(self, lo: int, hi: int, outputs: Mapping[str, np.ndarray]) -> None:
         """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs."""
         for name, g in self.geoms.items():
             b = self.blocks[name]
-            out = outputs[name]
             first = max(lo, b.start // g.rows_per_sample)
             last = min(hi, b.last_sample(g.rows_per_sample) + 1)
             if first >= last:
                 continue
+            out = outputs[name]
             if g.batch_major:
                 rows = to_rows(out[first - lo : last - lo], g.axis)
                 offset = first * g.rows_per_sample

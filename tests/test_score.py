@@ -280,3 +280,37 @@ def test_tap_groups_split_in_order() -> None:
 
     assert tap_groups({"a": 4, "b": 4, "c": 9, "d": 1}, 8) == [["a", "b"], ["c"], ["d"]]
     assert tap_groups({"a": 1, "b": 2}, 100) == [["a", "b"]]
+
+
+def test_without_weights_keeps_everything_but_the_weights_data() -> None:
+    """The weightless copy used for shape inference: same graph, opsets, metadata; big tensors empty."""
+    from onnx_near.graph import without_weights
+
+    g = Graph()
+    h = g.op("Relu", g.op("Gemm", g.input("x", ["N", 100]), g.weight(100, 64)))
+    g.output(g.op("Gemm", h, g.weight(64, 10)), ["N", 10])
+    model = g.model(infer=False)
+    model.doc_string = "kept"
+    onnx.helper.set_model_props(model, {"author": "test"})
+    light = without_weights(model, keep_below=1000)
+    assert light.doc_string == "kept" and list(light.metadata_props) == list(model.metadata_props)
+    assert list(light.opset_import) == list(model.opset_import) and light.ir_version == model.ir_version
+    assert list(light.graph.node) == list(model.graph.node) and list(light.graph.output) == list(model.graph.output)
+    for a, b in zip(light.graph.initializer, model.graph.initializer):
+        assert (a.name, a.data_type, list(a.dims)) == (b.name, b.data_type, list(b.dims))
+        assert (a.ByteSize() < 100) == (np.prod(b.dims) >= 1000)
+    assert model.graph.initializer[0].ByteSize() > 100 * 64 * 4  # the original is untouched
+
+
+def test_collector_asks_only_for_the_taps_a_batch_holds_rows_of() -> None:
+    """A batch that holds none of a tap's rows does not need that tap's output."""
+    geoms = {"conv": geometry((1, 8, 4, 4), 1, 1), "dense": geometry((1, 8), -1, 1)}
+    blocks = {"conv": draw_blocks({"conv": geoms["conv"]}, "square", 6, np.random.default_rng(0))["conv"]}
+    blocks["dense"] = draw_blocks({"dense": geoms["dense"]}, "square", 8, np.random.default_rng(0))["dense"]
+    c = Collector(geoms, blocks)
+    b = blocks["conv"]
+    conv_samples = range(b.start // 16, (b.start + b.count - 1) // 16 + 1)  # 16 rows per sample
+    assert len(conv_samples) < c.samples_needed
+    for s in range(c.samples_needed):
+        want = {"dense"} | ({"conv"} if s in conv_samples else set())
+        assert set(c.needed(s, s + 1)) == want
