@@ -171,6 +171,14 @@ def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.Mode
     if all(small):
         light.CopyFrom(model)
         return light
+    _copy_fields(model, light, skip="graph")  # field by field: the weights are never copied
+    _copy_fields(graph, light.graph, skip="initializer")
+    for t, keep in zip(graph.initializer, small):
+        if keep:
+            light.graph.initializer.add().CopyFrom(t)
+        else:  # the big ones as metadata only
+            light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    return light
     saved = list(graph.initializer)
     del graph.initializer[:]  # copy the rest of the model without any initializer…
     try:
@@ -183,3 +191,17 @@ def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.Mode
         else:  # …then the big ones as metadata only
             light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
     return light
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every field of the protobuf message ``src`` that is set, except ``skip``, to ``dst``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
