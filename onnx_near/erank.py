@@ -137,12 +137,13 @@ def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
     return erank_from_singular_values(singular_values(a, xp), xp)
 
 
-# Matrices at least this large are worth every BLAS thread when there are fewer of them than
-# workers; otherwise each matrix runs on a single BLAS thread, several matrices at a time, so
-# every core stays busy without oversubscription.  Measured on 2 cores: a multi-threaded BLAS
-# on a 128×128 matrix costs up to 30× more than a single-threaded one when the machine is
-# busy; four 1024×1024 activation matrices take 0.27 s two at a time on one thread each,
-# 0.33 s one after the other on two threads (0.53 s on one).
+# Threads pay off for matrices of at least POOL_MIN rows and columns: several of them run at
+# a time, one BLAS thread each.  Below it the effective ranks go one after the other on one
+# BLAS thread: measured on 2 cores, 16 matrices of 256×256 take 84 ms in sequence and 86 ms
+# two at a time, eight of 512×512 242 ms and 137 ms; a multi-threaded BLAS on a 128×128
+# matrix costs 2.5× a single-threaded one.  A lone matrix of at least LARGE_MATRIX gets every
+# BLAS thread: a 1024×1024 eigenvalue problem takes 0.075 s on two threads, 0.107 s on one.
+POOL_MIN = 512
 LARGE_MATRIX = 768
 
 
@@ -151,11 +152,10 @@ def effective_ranks(
 ) -> list[float | NonFiniteMatrixError]:
     """:func:`effective_rank` of each matrix; a matrix with NaN/Inf gives its error instead.
 
-    The matrices are spread over ``workers`` threads (default: the CPUs this process may
-    use; when given, also the most BLAS threads used) with one BLAS thread each, largest
-    first so the last to finish is a small one.  Large matrices (``LARGE_MATRIX``) fewer than the workers run first, one at a time with
-    every BLAS thread.  Results come back in the order given, and do not depend on the
-    number of workers.
+    ``workers`` threads (default: the CPUs this process may use; when given, also the most
+    BLAS threads used) share the matrices of at least ``POOL_MIN`` rows and columns, largest
+    first, one BLAS thread each; the smaller ones follow one by one.  Results come back in
+    the order given, and do not depend on the number of workers.
     """
     out: list[float | NonFiniteMatrixError] = [0.0] * len(matrices)
 
@@ -174,20 +174,19 @@ def effective_ranks(
     cap = threadpool_limits(limits=workers, user_api="blas") if workers else contextlib.nullcontext()
     workers = workers or _cores()
     order = sorted(range(len(matrices)), key=lambda k: -_cost(matrices[k].shape))
-    large = [k for k in order if min(matrices[k].shape) >= LARGE_MATRIX]
-    alone = large if len(large) < workers else []
-    pooled = [k for k in order if k not in set(alone)]
-    if workers < 2 or len(pooled) < 2:
-        alone, pooled = order, []
+    big = [k for k in order if min(matrices[k].shape) >= POOL_MIN]
+    pooled = big if workers >= 2 and len(big) >= 2 else []
+    alone = [k for k in big if not pooled and min(matrices[k].shape) >= LARGE_MATRIX]
+    rest = [k for k in order if k not in set(pooled) | set(alone)]
     with cap:
         for k in alone:
             one(k)
-    if pooled:
-        with (
-            threadpool_limits(limits=1, user_api="blas"),
-            ThreadPoolExecutor(max_workers=workers) as pool,
-        ):
-            list(pool.map(one, pooled))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if pooled:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(one, pooled))
+        for k in rest:
+            one(k)
     return out
 
 

@@ -210,7 +210,8 @@ def test_effective_ranks_do_not_depend_on_the_workers(workers: int, monkeypatch:
     from onnx_near.erank import effective_ranks
     from onnx_near.errors import NonFiniteMatrixError
 
-    monkeypatch.setattr(core, "LARGE_MATRIX", 100)  # two "large" matrices, without the cost
+    monkeypatch.setattr(core, "POOL_MIN", 100)  # pooled and lone matrices, without the cost
+    monkeypatch.setattr(core, "LARGE_MATRIX", 140)
     rng = np.random.default_rng(8)
     mats = [np.maximum(rng.standard_normal((n, n)), 0) for n in (20, 150, 64, 120, 90)]
     mats.insert(2, np.full((5, 5), np.nan))
