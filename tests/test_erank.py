@@ -186,21 +186,24 @@ def test_zero_rows_and_columns_are_dropped_exactly() -> None:
     assert effective_rank(np.zeros((50, 60))) == 0.0
 
 
-def test_singular_gram_goes_straight_to_the_svd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer wider than its input: the Cholesky test fails, so no eigenvalues are computed."""
+@pytest.mark.parametrize(("rank", "route"), [(230, ["eigvalsh"]), (60, ["eigvalsh", "svd"])])
+def test_rank_deficient_matrices_take_the_route_their_bound_allows(
+    rank: int, route: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer a little wider than its input keeps the Gram route; far wider, the SVD. Both exact."""
     from onnx_near import erank as core
 
     rng = np.random.default_rng(7)
-    a = rng.standard_normal((256, 100)) @ rng.standard_normal((100, 256))
+    a = (rng.standard_normal((256, rank)) @ rng.standard_normal((rank, 256))).astype(np.float32)
     calls: list[str] = []
     for name in ("eigvalsh", "svd"):
         original = getattr(np.linalg, name)
         monkeypatch.setattr(
             np.linalg, name, lambda *args, _f=original, _n=name, **kw: calls.append(_n) or _f(*args, **kw)
         )
-    s = core.singular_values(a)
-    assert calls == ["svd"]
-    assert erank_from_singular_values(s) == pytest.approx(_svd_erank(a), rel=1e-12)
+    s = core.singular_values(a.astype(np.float64))
+    assert calls == route
+    assert erank_from_singular_values(s) == pytest.approx(_svd_erank(a), rel=1e-7)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
