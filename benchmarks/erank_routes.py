@@ -37,7 +37,7 @@ import onnx_near
 from onnx_near.erank import effective_rank, erank_from_singular_values
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vs_pytorch  # noqa: E402  (the cases, their inputs and their export)
+import vs_pytorch  # the cases, their inputs and their export
 
 EXACT = 1e-6
 
