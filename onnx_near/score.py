@@ -23,7 +23,7 @@ from .config import ScoreConfig
 from .cost import count_macs
 from .erank import approximate_effective_rank, effective_ranks
 from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
-from .graph import GraphIndex, parameter_count
+from .graph import parameter_count
 from .inputs import DataArg, InputSpec, Source, check_data, elem_name, input_specs, read_data
 from .load import load_model
 from .matrices import Collector, Geometry, draw_blocks, geometry, window_samples
@@ -49,8 +49,9 @@ class _Run:
     cfg: ScoreConfig
     name: str
     base_dir: Path
-    model: onnx.ModelProto  # the rewritten model, taps exposed
-    index: GraphIndex
+    model: onnx.ModelProto | None  # the rewritten model, taps exposed: kept only to re-draw its weights
+    params: int
+    macs: int | None
     specs: list[InputSpec]
     source: Source
     runner: Runner
@@ -127,11 +128,15 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     specs = input_specs(index, cfg.shapes, arrays)
     budget.check_inputs(specs, cfg.max_memory)
     source = Source(specs, check_data(arrays, specs) if arrays is not None else None)
+    params = parameter_count(index)
+    macs = count_macs(index.model, {s.name: s.sample_shape for s in specs})
     timings["load_rewrite"] += perf_counter() - t0
 
     t0 = perf_counter()
     outputs = [t.tensor for t in plan.taps]
     runner = Runner(prepared.model, base_dir, cfg.device, outputs, repr(name), cfg.threads, deadline)
+    kept = prepared.model if cfg.reinit is not None else None
+    del prepared, index  # onnxruntime has its own copy of the weights: let ours go before the runs
     timings["session"] += perf_counter() - t0
 
     t0 = perf_counter()
@@ -174,8 +179,9 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
         cfg,
         name,
         base_dir,
-        prepared.model,
-        index,
+        kept,
+        params,
+        macs,
         specs,
         source,
         runner,
@@ -200,6 +206,7 @@ def _repetition(
     cfg = run.cfg
     if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
         t0 = perf_counter()
+        assert run.model is not None  # kept when re-initialising
         weights = reinitialize(run.model, cfg.reinit, rng)
         run.runner = Runner(weights, run.base_dir, cfg.device, run.outputs, run.label, cfg.threads, run.deadline)
         timings["session"] += perf_counter() - t0
@@ -306,8 +313,8 @@ def _result(
         seed=cfg.seed,
         rows=str(cfg.rows),
         taps=cfg.taps,
-        params=parameter_count(run.index),
-        macs=count_macs(run.index.model, {s.name: s.sample_shape for s in run.specs}),
+        params=run.params,
+        macs=run.macs,
         window_starts=tuple(windows),
         layers=layers,
         skipped=tuple(run.skipped),
