@@ -47,13 +47,11 @@ class Runner:
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # Measured on ResNet-18 at 224×224 (benchmarks/vs_pytorch.py): the layout
+        # Measured on ResNet-18 at 224×224 (benchmarks/memory.py, vs_pytorch.py): the layout
         # optimisations of ORT_ENABLE_ALL (NCHWc) add a reordered copy of the conv weights
-        # (+81 MiB, +0.07 s to build the session) for a forward pass ~20 % faster; the CPU
-        # arena keeps the largest batch's tensors allocated (+80 to +130 MiB) for no
-        # measurable gain.  NEAR runs a model over a handful of batches, so memory wins.
+        # (+81 MiB, +0.07 s to build the session) for a forward pass ~20 % faster.  NEAR
+        # runs a model over a handful of batches, so memory wins.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
