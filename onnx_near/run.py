@@ -20,9 +20,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .budget import weight_bytes
 from .errors import ModelLoadError, RunError
 
 log = logging.getLogger(__name__)
+
+# onnxruntime's ORT_ENABLE_ALL adds its blocked-layout (NCHWc) convolutions: measured, a
+# batch of ten through the 64-channel CNN of benchmarks/vs_pytorch.py takes 22 ms instead of
+# 30, ResNet-18's forward pass is ~20 % faster — but a reordered copy of the weights is held
+# (+81 MiB for ResNet-18's 43 MiB, +0.07 s to build the session).  Up to this size of weights
+# the copy costs less than a quarter of the default batch budget, so speed wins; above it,
+# memory (ORT_ENABLE_EXTENDED).
+ALL_MAX_WEIGHT_BYTES = 16 * 2**20
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -47,11 +56,11 @@ class Runner:
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # Measured on ResNet-18 at 224×224 (benchmarks/memory.py, vs_pytorch.py): the layout
-        # optimisations of ORT_ENABLE_ALL (NCHWc) add a reordered copy of the conv weights
-        # (+81 MiB, +0.07 s to build the session) for a forward pass ~20 % faster.  NEAR
-        # runs a model over a handful of batches, so memory wins.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if weight_bytes(model) <= ALL_MAX_WEIGHT_BYTES
+            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        )
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
