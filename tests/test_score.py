@@ -314,3 +314,18 @@ def test_collector_asks_only_for_the_taps_a_batch_holds_rows_of() -> None:
     for s in range(c.samples_needed):
         want = {"dense"} | ({"conv"} if s in conv_samples else set())
         assert set(c.needed(s, s + 1)) == want
+
+
+def test_session_optimisation_level_follows_the_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Small weights: ORT_ENABLE_ALL (fast NCHWc convs); above the limit: EXTENDED (no reordered copy)."""
+    import onnxruntime as ort
+
+    from onnx_near import run
+
+    model = mlp()
+    levels = []
+    for limit in (run.ALL_MAX_WEIGHT_BYTES, 0):
+        monkeypatch.setattr(run, "ALL_MAX_WEIGHT_BYTES", limit)
+        runner = run.Runner(model, tmp_path, "cpu", [model.graph.output[0].name])
+        levels.append(runner.session.get_session_options().graph_optimization_level)
+    assert levels == [ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED]
