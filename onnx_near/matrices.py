@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -53,9 +53,17 @@ def geometry(shape: tuple[int, ...], axis: int, batch: int) -> Geometry:
     return Geometry(a, cols, other // batch, int(rest[-1]) if rest else 1, int(shape[0]) == batch)
 
 
-def to_rows(tensor: np.ndarray, axis: int) -> np.ndarray:
-    """The tensor as a matrix: ``axis`` becomes the columns, all other axes the rows (C order)."""
-    return np.moveaxis(tensor, axis, -1).reshape(-1, tensor.shape[axis])
+def to_rows(tensor: Any, axis: int) -> Any:
+    """The tensor as a matrix: ``axis`` becomes the columns, all other axes the rows (C order).
+
+    ``tensor`` may be a numpy or a cupy array: the result is of the same kind."""
+    return _moveaxis(tensor, axis).reshape(-1, tensor.shape[axis])
+
+
+def _moveaxis(tensor: Any, axis: int) -> Any:
+    """``axis`` moved last, the others in order (a view; works for numpy and cupy arrays)."""
+    axis = axis % tensor.ndim
+    return tensor.transpose([*(a for a in range(tensor.ndim) if a != axis), axis])
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,11 @@ def draw_blocks(
 class Collector:
     """Keeps, per tap, only the rows of its block as batches of outputs stream past."""
 
-    def __init__(self, geoms: Mapping[str, Geometry], blocks: Mapping[str, RowBlock]):
+    def __init__(self, geoms: Mapping[str, Geometry], blocks: Mapping[str, RowBlock], xp: Any = np):
         self.geoms = geoms
         self.blocks = blocks
-        self.matrices: dict[str, np.ndarray] = {}
+        self.xp = xp  # the array module of the outputs and of the matrices (numpy or cupy)
+        self.matrices: dict[str, Any] = {}
         self._filled = {name: 0 for name in geoms}
 
     @property
@@ -132,7 +141,7 @@ class Collector:
             < min(hi, self.blocks[name].last_sample(g.rows_per_sample) + 1)
         ]
 
-    def add(self, lo: int, hi: int, outputs: Mapping[str, np.ndarray]) -> None:
+    def add(self, lo: int, hi: int, outputs: Mapping[str, Any]) -> None:
         """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs."""
         for name, g in self.geoms.items():
             b = self.blocks[name]
@@ -152,7 +161,7 @@ class Collector:
             if r0 >= r1:
                 continue
             if name not in self.matrices:
-                self.matrices[name] = np.empty((b.count, g.cols), dtype=out.dtype)
+                self.matrices[name] = self.xp.empty((b.count, g.cols), dtype=out.dtype)
             self.matrices[name][r0 - b.start : r1 - b.start] = rows[r0 - offset : r1 - offset]
             self._filled[name] += r1 - r0
 

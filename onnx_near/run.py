@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -100,6 +100,29 @@ class Runner:
         Past the deadline the run is stopped (onnxruntime's terminate flag) and
         :class:`RunError` says the time limit was reached.
         """
+        names = list(outputs) if outputs is not None else self.outputs
+        values = self._guarded(lambda options: self.session.run(names, dict(feeds), options))
+        return dict(zip(names, values))
+
+    def run_bound(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], xp: Any = np) -> dict[str, Any]:
+        """Run one batch with I/O binding: the outputs stay where the provider computed them.
+
+        On CUDA the tap tensors are left in device memory and handed over as ``xp`` (cupy)
+        arrays viewing onnxruntime's buffers — no copy to the host; with ``xp = numpy``
+        (the CPU provider) they are numpy arrays.  The views live as long as the returned
+        arrays.  Same deadline and errors as :meth:`run`.
+        """
+        device = "cuda" if self.provider == CUDA else "cpu"
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in outputs:
+            binding.bind_output(name, device)
+        self._guarded(lambda options: self.session.run_with_iobinding(binding, options))
+        return {name: device_array(v, xp) for name, v in zip(outputs, binding.get_outputs())}
+
+    def _guarded(self, call: Callable[[ort.RunOptions], Any]) -> Any:
+        """``call(run_options)``, stopped at the deadline; onnxruntime errors as :class:`RunError`."""
         options = ort.RunOptions()
         timer = None
         if self.deadline is not None:
@@ -110,8 +133,7 @@ class Runner:
             timer.daemon = True
             timer.start()
         try:
-            names = list(outputs) if outputs is not None else self.outputs
-            values = self.session.run(names, dict(feeds), options)
+            return call(options)
         except Exception as e:
             if options.terminate:
                 raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)") from e
@@ -119,7 +141,29 @@ class Runner:
         finally:
             if timer is not None:
                 timer.cancel()
-        return dict(zip(names, values))
+
+
+# onnxruntime's names of the tensor element types a tap can have.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def device_array(value: ort.OrtValue, xp: Any = np) -> Any:
+    """An onnxruntime output as an ``xp`` array: numpy for host memory; for cupy, a view of
+    the device buffer that keeps the OrtValue alive (no copy)."""
+    if xp is np:
+        return value.numpy()
+    dtype = np.dtype(_ORT_DTYPES[value.data_type()])
+    memory = xp.cuda.UnownedMemory(value.data_ptr(), value.tensor_size_in_bytes(), value)  # current device
+    return xp.ndarray(tuple(value.shape()), dtype, xp.cuda.MemoryPointer(memory, 0))
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:

@@ -329,3 +329,59 @@ def test_session_optimisation_level_follows_the_weights(monkeypatch: pytest.Monk
         runner = run.Runner(model, tmp_path, "cpu", [model.graph.output[0].name])
         levels.append(runner.session.get_session_options().graph_optimization_level)
     assert levels == [ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED]
+
+
+def test_bound_outputs_give_the_same_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The I/O-binding path (used when the ranks run on the GPU), forced on the CPU: same result, bit for bit."""
+    import importlib
+
+    score_module = importlib.import_module("onnx_near.score")
+    path = Path(__file__).resolve().parents[1] / "models" / "cnn.onnx"
+    plain = onnx_near.score(path, seed=3, repetitions=2)
+    calls: list[int] = []
+    run_bound = score_module.Runner.run_bound
+
+    def spy(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return run_bound(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(score_module, "_bind_outputs", lambda xp: True)
+    monkeypatch.setattr(score_module.Runner, "run_bound", spy)
+    bound = onnx_near.score(path, seed=3, repetitions=2)
+    assert calls and bound.scores == plain.scores
+    assert [l.erank for l in bound.layers] == [l.erank for l in plain.layers]
+
+
+def test_device_array_views_onnxruntime_memory_without_a_copy() -> None:
+    """The cupy branch of device_array, with a stand-in for cupy that reads host memory:
+    the right address, size, shape and dtype, and the OrtValue kept alive by the view."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    from onnx_near.run import device_array
+
+    class FakeCuda:
+        class UnownedMemory:
+            def __init__(self, ptr: int, size: int, owner: object) -> None:
+                self.ptr, self.size, self.owner = ptr, size, owner
+
+        class MemoryPointer:
+            def __init__(self, mem: FakeCuda.UnownedMemory, offset: int) -> None:
+                self.mem, self.offset = mem, offset
+
+    class FakeCupy:
+        cuda = FakeCuda
+
+        @staticmethod
+        def ndarray(shape: tuple[int, ...], dtype: np.dtype, memptr: FakeCuda.MemoryPointer) -> np.ndarray:
+            buffer = (ctypes.c_char * memptr.mem.size).from_address(memptr.mem.ptr + memptr.offset)
+            return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    value = ort.OrtValue.ortvalue_from_numpy(a)
+    view = device_array(value, FakeCupy)
+    assert view.dtype == np.float32 and view.shape == (2, 3, 4) and np.array_equal(view, a)
+    a[0, 0, 0] = 99.0  # a view, not a copy
+    assert view[0, 0, 0] == 99.0
+    assert np.array_equal(device_array(value), a)  # numpy: the host array
