@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,25 +12,43 @@ from onnx_near.erank import effective_rank, erank_from_singular_values
 from onnx_near.errors import NonFiniteMatrixError
 
 
+def _array_modules() -> list[object]:
+    """numpy, and cupy where it runs on a CUDA device (the GPU path); skipped elsewhere."""
+    modules = [pytest.param(np, id="numpy")]
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        modules.append(pytest.param(cupy, id="cupy"))
+    except Exception:
+        modules.append(pytest.param(None, id="cupy", marks=pytest.mark.skip(reason="no cupy with a CUDA device")))
+    return modules
+
+
+ARRAY_MODULES = _array_modules()
+
+
 def _erank_closed_form(sigmas: list[float]) -> float:
     total = sum(sigmas)
     return math.exp(-sum((s / total) * math.log(s / total) for s in sigmas if s > 0))
 
 
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
-def test_identity_has_erank_n(n: int) -> None:
+def test_identity_has_erank_n(n: int, xp: Any) -> None:
     """erank(I_n) = n."""
-    assert effective_rank(np.eye(n)) == pytest.approx(n, rel=1e-12)
+    assert effective_rank(xp.eye(n), xp) == pytest.approx(n, rel=1e-12)
 
 
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.9, -0.4])
-def test_circulant_closed_form(rho: float) -> None:
+def test_circulant_closed_form(rho: float, xp: Any) -> None:
     """The 4×4 circulant [1, ρ, ρ², ρ] has singular values (1+|ρ|)², 1−ρ², 1−ρ², (1−|ρ|)²."""
     row = [1.0, rho, rho**2, rho]
     a = np.array([np.roll(row, k) for k in range(4)])
     r = abs(rho)
     expected = _erank_closed_form([(1 + r) ** 2, 1 - rho**2, 1 - rho**2, (1 - r) ** 2])
-    assert effective_rank(a) == pytest.approx(expected, rel=1e-12)
+    assert effective_rank(xp.asarray(a), xp) == pytest.approx(expected, rel=1e-12)
 
 
 def test_rank_one_matrix_has_erank_one() -> None:
@@ -38,19 +57,22 @@ def test_rank_one_matrix_has_erank_one() -> None:
     assert effective_rank(np.outer(u, u[:3])) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_zero_matrix_has_erank_zero() -> None:
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
+def test_zero_matrix_has_erank_zero(xp: Any) -> None:
     """Σσ = 0 gives erank 0 (SPEC §1)."""
-    assert effective_rank(np.zeros((5, 3))) == 0.0
-    assert erank_from_singular_values(np.zeros(4)) == 0.0
+    assert effective_rank(xp.zeros((5, 3)), xp) == 0.0
+    assert effective_rank(xp.zeros((80, 60)), xp) == 0.0
+    assert erank_from_singular_values(xp.zeros(4), xp) == 0.0
 
 
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_matrix_has_no_erank(bad: float) -> None:
+def test_non_finite_matrix_has_no_erank(bad: float, xp: Any) -> None:
     """A matrix holding NaN or Inf is refused, never scored as 0."""
     a = np.eye(3)
     a[1, 2] = bad
     with pytest.raises(NonFiniteMatrixError):
-        effective_rank(a)
+        effective_rank(xp.asarray(a), xp)
 
 
 def test_invariant_to_row_and_column_order_and_transpose() -> None:
@@ -88,11 +110,12 @@ def _svd_erank(a: np.ndarray) -> float:
     return erank_from_singular_values(np.linalg.svd(a.astype(np.float64), compute_uv=False))
 
 
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
 @pytest.mark.parametrize(
     "kind",
     ["relu_square", "relu_tall", "relu_wide", "rank_deficient", "rank_one", "log_spectrum", "saturated_tanh"],
 )
-def test_fast_route_matches_the_svd(kind: str) -> None:
+def test_fast_route_matches_the_svd(kind: str, xp: Any) -> None:
     """Whatever route is taken (Gram when provably exact, else SVD), erank agrees with the SVD's to 1e-7."""
     rng = np.random.default_rng(3)
 
@@ -115,7 +138,7 @@ def test_fast_route_matches_the_svd(kind: str) -> None:
         a = (u * np.logspace(0, -12, 200)) @ v.T
     else:
         a = np.tanh(100 * relu(256, 256) - 50)
-    assert effective_rank(a) == pytest.approx(_svd_erank(a), rel=1e-7)
+    assert effective_rank(xp.asarray(a), xp) == pytest.approx(_svd_erank(a), rel=1e-7)
 
 
 def test_gram_route_is_taken_for_well_conditioned_matrices() -> None:
@@ -172,7 +195,8 @@ def test_score_reports_the_bound_of_approximated_taps(tmp_path: object) -> None:
     assert errors["Relu"] is not None and errors["Relu"] > 0 and r.layers[-1].erank_error is None
 
 
-def test_zero_rows_and_columns_are_dropped_exactly() -> None:
+@pytest.mark.parametrize("xp", ARRAY_MODULES)
+def test_zero_rows_and_columns_are_dropped_exactly(xp: Any) -> None:
     """Dead units (all-zero columns) and all-zero rows leave the effective rank unchanged."""
     from onnx_near import erank as core
 
@@ -180,9 +204,9 @@ def test_zero_rows_and_columns_are_dropped_exactly() -> None:
     a = np.maximum(rng.standard_normal((300, 200)), 0)
     a[:, ::3] = 0.0  # dead units
     a[::7] = 0.0  # rows without any activity
-    s = core.singular_values(a)
+    s = core.singular_values(xp.asarray(a), xp)
     assert len(s) == min(300 - 43, 200 - 67)
-    assert effective_rank(a) == pytest.approx(_svd_erank(a), rel=1e-12)
+    assert effective_rank(xp.asarray(a), xp) == pytest.approx(_svd_erank(a), rel=1e-12)
     assert effective_rank(np.zeros((50, 60))) == 0.0
 
 

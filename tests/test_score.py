@@ -385,3 +385,27 @@ def test_device_array_views_onnxruntime_memory_without_a_copy() -> None:
     a[0, 0, 0] = 99.0  # a view, not a copy
     assert view[0, 0, 0] == 99.0
     assert np.array_equal(device_array(value), a)  # numpy: the host array
+
+
+def _cuda_with_cupy() -> bool:
+    try:
+        import cupy
+        import onnxruntime as ort
+
+        cupy.cuda.runtime.getDeviceCount()
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _cuda_with_cupy(), reason="no onnxruntime-gpu with cupy and a CUDA device")
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
+def test_gpu_path_agrees_with_the_cpu(name: str) -> None:
+    """On a GPU (CUDA provider, tap outputs bound in device memory, ranks in cupy): the same
+    taps and rows, and effective ranks within float32 forward-pass noise of the CPU's."""
+    path = Path(__file__).resolve().parents[1] / "models" / f"{name}.onnx"
+    gpu = onnx_near.score(path, device="cuda", seed=0)
+    cpu = onnx_near.score(path, device="cpu", seed=0)
+    assert gpu.provider == "CUDAExecutionProvider"
+    assert [l.row_starts for l in gpu.layers] == [l.row_starts for l in cpu.layers]
+    assert [l.erank for l in gpu.layers] == pytest.approx([l.erank for l in cpu.layers], rel=1e-4)
