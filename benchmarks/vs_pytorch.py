@@ -24,7 +24,11 @@ busy neighbour turns a 0.5 s SVD into several seconds, and the timings into nois
 ``--threads 0`` leaves every library at its default instead.
 
     python benchmarks/vs_pytorch.py [--quick] [--cases mlp,cnn,transformer,resnet18] [--runs N]
-                                    [--proc-runs N] [--threads N] [--json FILE]
+                                    [--proc-runs N] [--threads N] [--device cpu|cuda] [--json FILE]
+
+``--device cuda`` runs both sides on the GPU: the PyTorch model and its ``svdvals`` on CUDA
+(timings synchronised), onnx-near with onnxruntime-gpu and cupy (it stops if the session
+did not get the CUDA provider).
 """
 
 from __future__ import annotations
@@ -285,6 +289,8 @@ def pytorch_near(
             for lo in range(0, samples, batch_size):
                 first[0] = lo
                 model(x[lo : min(lo + batch_size, samples)])
+        if x.is_cuda:
+            torch.cuda.synchronize()
         t_forward = time.perf_counter() - t0
     finally:
         for h in handles:
@@ -304,8 +310,8 @@ if __name__ == "__main__":
     import sys
 
     spec = json.load(open(sys.argv[1]))
-    model = BUILDERS[spec["case"]]()
-    x = torch.from_numpy(np.load(spec["data"]))
+    model = BUILDERS[spec["case"]]().to(spec["device"])
+    x = torch.from_numpy(np.load(spec["data"])).to(spec["device"])
     blocks = {k: tuple(v) for k, v in spec["blocks"].items()}
     score, _, _, _ = pytorch_near(model, x, blocks, spec["samples"], spec["batch_size"], getattr(torch, spec["svd_dtype"]))
     print(json.dumps({"score": score}))
@@ -452,7 +458,9 @@ def onnx_near_cli() -> list[str]:
     return [found] if found else [sys.executable, "-m", "onnx_near.cli"]
 
 
-def bench_case(case: str, tmp: Path, runs: int, proc_runs: int, quick: bool, threads: int) -> dict[str, Any]:
+def bench_case(
+    case: str, tmp: Path, runs: int, proc_runs: int, quick: bool, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     log = lambda *a: print(f"  [{case}]", *a, file=sys.stderr, flush=True)  # noqa: E731
     model = BUILDERS[case]()
     shape = SAMPLE_SHAPES[case]
@@ -463,9 +471,12 @@ def bench_case(case: str, tmp: Path, runs: int, proc_runs: int, quick: bool, thr
     onnx_path, data_path = tmp / f"{case}.onnx", tmp / f"{case}.x.npy"
     export(model, x[:1], onnx_path)
     np.save(data_path, x_np)
+    model, x = model.to(device), x.to(device)  # the baseline on the same device as onnx-near
 
     # One onnx-near result gives the rows; it also warms onnx-near up.
-    ref = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads)
+    ref = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads, device=device)
+    if device == "cuda" and ref.provider != "CUDAExecutionProvider":
+        raise RuntimeError(f"{case}: onnx-near ran on {ref.provider}, not CUDA: is onnxruntime-gpu installed?")
     by_module = {module_path(layer.name): layer for layer in ref.layers}
     hooked = set(geo)
     if len(ref.layers) != len(geo) or set(by_module) != hooked:
@@ -526,7 +537,7 @@ def bench_case(case: str, tmp: Path, runs: int, proc_runs: int, quick: bool, thr
                 base_erank.append(te)
             else:
                 t0 = time.perf_counter()
-                res = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads)
+                res = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads, device=device)
                 near_t.append(time.perf_counter() - t0)
                 near_score = res.score
                 for k, v in res.timings.items():
@@ -537,10 +548,11 @@ def bench_case(case: str, tmp: Path, runs: int, proc_runs: int, quick: bool, thr
     # Whole process, interleaved: the CLI against the standalone script.
     spec_path, script_path = tmp / f"{case}.spec.json", tmp / "near_pytorch.py"
     spec = {"case": case, "data": str(data_path), "blocks": blocks, "samples": samples,
-            "batch_size": batch, "svd_dtype": svd_name}  # fmt: skip
+            "batch_size": batch, "svd_dtype": svd_name, "device": device}  # fmt: skip
     spec_path.write_text(json.dumps(spec))
     script_path.write_text(standalone_script())
     cli = [*onnx_near_cli(), "score", str(onnx_path), "--data", str(data_path), "--format", "json", "--seed", "0"]
+    cli += ["--device", device]
     script = [sys.executable, str(script_path), str(spec_path)]
     proc: dict[str, dict[str, list[float]]] = {"script": {"t": [], "rss": []}, "cli": {"t": [], "rss": []}}
     proc_scores: dict[str, float] = {}
@@ -656,6 +668,12 @@ def main() -> None:
         help="threads (and CPUs) for both sides: torch, onnxruntime and BLAS (default 1; 0: each library's default)",
     )
     ap.add_argument("--quick", action="store_true", help="fewer runs and batch sizes (~2-3 minutes)")
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where both sides run: cuda puts the PyTorch model and onnx-near (onnxruntime-gpu, cupy) on the GPU",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
     args = ap.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -674,7 +692,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onnx-near-bench-") as tmp:
         for case in cases:
             with threadpool_limits(args.threads if args.threads > 0 else None):
-                results.append(bench_case(case, Path(tmp), runs, proc_runs, args.quick, args.threads))
+                results.append(bench_case(case, Path(tmp), runs, proc_runs, args.quick, args.threads, args.device))
     elapsed = time.perf_counter() - t_start
 
     env = {
@@ -685,6 +703,7 @@ def main() -> None:
         "onnx_near_commit": commit,
         "cpus": os.cpu_count(),
         "threads": args.threads,
+        "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "runs": runs,
@@ -697,7 +716,7 @@ def main() -> None:
         f"ratio = onnx-near / baseline (< 1: onnx-near faster); {env['cpus']} CPUs, torch {env['torch']} "
         f"and onnxruntime {env['onnxruntime']}, "
         + (f"{args.threads} thread(s) and CPU(s) per side" if args.threads > 0 else "each library's default threads")
-        + f"; onnx-near {env['onnx_near_commit']}; took {elapsed:.0f} s"
+        + f"; device {args.device}; onnx-near {env['onnx_near_commit']}; took {elapsed:.0f} s"
     )
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
