@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +67,8 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
 
     - The Gram route takes the eigenvalues of AᵀA (or AAᵀ, whichever is smaller) and their
       square roots: about a third of the time of an SVD for the matrices NEAR sees.  Each
-      eigenvalue is taken to be within τ = 10·ε·λ_max (measured), so σ_i to within
+      eigenvalue is taken to be within τ ≈ 10·ε·λ_max (measured; see
+      :func:`_eigenvalue_error`), so σ_i to within
       min(√τ, τ/(2σ_i)); the route is kept only when that perturbation can move the
       effective rank by less than ``GRAM_MAX_RELATIVE_ERROR`` = 1e-6 (relative), i.e. for
       well-conditioned matrices.
@@ -85,11 +87,12 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
     if min(rows, cols) < GRAM_MIN_SIZE:
         return xp.linalg.svd(a, compute_uv=False) if a.size else xp.zeros(0)
     g = a.T @ a if rows >= cols else a @ a.T
-    lam = xp.clip(xp.linalg.eigvalsh(g), 0.0, None)
+    lam_raw = xp.linalg.eigvalsh(g)
+    lam = xp.clip(lam_raw, 0.0, None)
     lam_max = float(lam.max())
     if lam_max <= 0.0:
         return xp.sqrt(lam)
-    tau = GRAM_ERROR_EPS * float(np.finfo(np.float64).eps) * lam_max
+    tau = _eigenvalue_error(lam_raw, lam_max, max(rows, cols))
     sigma = xp.sqrt(lam)
     delta = xp.minimum(xp.sqrt(xp.asarray(tau)), tau / (2.0 * xp.maximum(sigma, 1e-300)))
     total = float(sigma.sum())
@@ -98,6 +101,19 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
     if bound < GRAM_MAX_RELATIVE_ERROR:
         return sigma
     return xp.linalg.svd(a, compute_uv=False)
+
+
+def _eigenvalue_error(lam: Any, lam_max: float, summed: int) -> float:
+    """τ: how far the Gram route's eigenvalues may be from the exact ones.
+
+    ``GRAM_ERROR_EPS``·ε·λ_max as measured for sums of up to 1024 terms, grown like the
+    square root of longer sums (``summed`` terms form each Gram entry: ``rows="all"`` on a
+    convolutional layer sums thousands); and never below ten times the largest negative
+    eigenvalue found, which for a positive semi-definite matrix is rounding error alone.
+    """
+    eps = float(np.finfo(np.float64).eps)
+    modelled = GRAM_ERROR_EPS * eps * lam_max * max(1.0, math.sqrt(summed / 1024))
+    return max(modelled, -10.0 * min(float(lam.min()), 0.0))
 
 
 def _nonzero_part(a: Any, xp: ModuleType) -> Any:
@@ -116,7 +132,7 @@ def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
     The matrix is used as it is: it is neither centred nor scaled.  Raises
     :class:`NonFiniteMatrixError` when it holds NaN or Inf, since such a matrix has no
     effective rank; an all-zero matrix has effective rank 0.  The singular values come from
-    :func:`singular_values` (Gram route when provably exact to 1e-6, else SVD).
+    :func:`singular_values` (Gram route when its error bound stays below 1e-6, else SVD).
     """
     a = xp.asarray(matrix, dtype=xp.float64)
     if a.ndim != 2:
