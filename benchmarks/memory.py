@@ -6,7 +6,7 @@ ResNet-18 case of ``vs_pytorch.py`` (224×224, synthetic inputs), ``onnx-near sc
 a fresh process per row count; its peak resident set (``wait4``) is compared with
 
 * the imports alone (``python -c "import numpy, onnx, onnxruntime, onnx_near.cli"``);
-* weights (the ONNX file's tensors) + batch budget (64 MiB, ``--max-batch-bytes``'s
+* weights (the ONNX file's tensors) + batch budget (64 MiB, ``--batch-memory``'s
   default) + matrices (rows × columns × 4 bytes over the taps, from the JSON report).
 
     python benchmarks/memory.py [--rows square,1024,2048] [--case resnet18]

@@ -179,6 +179,13 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             help="Memory limit, e.g. 8G (default: half the machine's memory).",
         ),
         click.option(
+            "--batch-memory",
+            default=None,
+            metavar="SIZE",
+            help="Budget for one forward pass's tap outputs, e.g. 256M (default 64M); "
+            "taps run in groups when one sample's outputs exceed it.",
+        ),
+        click.option(
             "--timeout", type=float, default=None, metavar="SECONDS", help="Stop a model that runs longer than this."
         ),
         click.option(
@@ -209,10 +216,13 @@ def _config(
     axes: tuple[str, ...],
     max_memory: str | None = None,
     timeout: float | None = None,
+    batch_memory: str | None = None,
     **extra: Any,
 ) -> ScoreConfig:
     if max_memory is not None:
         extra["max_memory"] = parse_size(max_memory)
+    if batch_memory is not None:
+        extra["max_batch_bytes"] = parse_size(batch_memory, "--batch-memory")
     return ScoreConfig(
         timeout=timeout,
         rows=parse_rows(rows),

@@ -148,14 +148,15 @@ def _bad_axis(text: str) -> tuple[str, int]:
     raise ConfigError(f"--axis expects TENSOR=K with an integer axis K, not {text!r}")
 
 
-def parse_size(text: str) -> int:
-    """Parse a memory size such as ``8G``, ``512M`` or ``1073741824`` into bytes."""
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """Parse a memory size such as ``8G``, ``512M`` or ``1073741824`` into bytes (``option``
+    names the option in the error message)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError as e:
-        raise ConfigError(f"--max-memory expects a size such as 8G or 512M, not {text!r}") from e
+        raise ConfigError(f"{option} expects a size such as 8G or 512M, not {text!r}") from e
     if value < 1:
-        raise ConfigError(f"--max-memory must be positive, not {text!r}")
+        raise ConfigError(f"{option} must be positive, not {text!r}")
     return int(value)

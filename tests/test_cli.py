@@ -198,6 +198,7 @@ def test_repeated_runs_give_identical_json() -> None:
         (["width", "--data", "{tmp}/x.npy", "--inputs", "4", "--outputs", "2", "--widths", "8,x"], "--widths"),
         (["width", "--data", "{tmp}/x.npy", "--model", "m.onnx"], "PATH:WIDTH"),
         (["score", CNN, "--max-memory", "lots"], "--max-memory"),
+        (["score", CNN, "--batch-memory", "0"], "--batch-memory"),
     ],
 )
 def test_bad_options_of_every_command(tmp_path: Path, args: list[str], match: str) -> None:
@@ -207,3 +208,10 @@ def test_bad_options_of_every_command(tmp_path: Path, args: list[str], match: st
     assert code == 2 and out == "" and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnx-near: error: ") and match in lines[0], err
+
+
+def test_batch_memory_splits_taps_into_groups_with_the_same_score() -> None:
+    """A batch budget smaller than one sample's tap outputs: the taps run in groups, same score."""
+    code, plain, _ = run("score", CNN, "--format", "json")
+    code_small, grouped, _ = run("score", CNN, "--format", "json", "--batch-memory", "1K")
+    assert code == code_small == 0 and json.loads(grouped)["score"] == json.loads(plain)["score"]
