@@ -144,18 +144,34 @@ def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 
 
 def parameter_count(index: GraphIndex) -> int:
-    """Learned parameters: elements of floating-point initializers.
+    """Learned parameters: elements of the floating-point initializers, as the framework counted them.
 
-    BatchNormalization's running mean and variance are statistics, not parameters, and
-    are left out (as PyTorch counts them); integer initializers (shapes, indices) too.
+    Exporters deduplicate parameters whose initial values are equal (two fresh BatchNorms
+    share γ = 1 and β = 0): one initializer is left, and Identity nodes name each copy.
+    Every such alias an op uses counts on its own, and the initializer itself only where an
+    op uses it directly (or nothing in the main graph uses it: a subgraph may).
+    BatchNormalization's running mean and variance are statistics, not parameters, and are
+    left out (as PyTorch counts them); integer initializers (shapes, indices) too.
     """
+    source: dict[str, str] = {}  # Identity output → the initializer it names
+    for n in index.nodes:
+        if n.op_type == "Identity" and n.input and n.output:
+            origin = source.get(n.input[0], n.input[0])
+            if origin in index.initializers:
+                source[n.output[0]] = origin
     stats = {n.input[k] for n in index.nodes if n.op_type == "BatchNormalization" for k in (3, 4) if len(n.input) > k}
+    direct = {i for n in index.nodes if n.op_type != "Identity" for i in n.input} | index.graph_outputs
+    aliased = set(source.values())
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    total = 0
-    for name, t in index.initializers.items():
-        if t.data_type in floats and name not in stats:
-            total += int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
-    return total
+
+    def size(name: str) -> int:
+        t = index.initializers[source.get(name, name)]
+        if t.data_type not in floats or name in stats:
+            return 0
+        return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+
+    total = sum(size(name) for name in index.initializers if name in direct or name not in aliased)
+    return total + sum(size(name) for name in source if name in direct)
 
 
 def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:

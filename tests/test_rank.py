@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from graphs import mlp, save
+from graphs import Graph, mlp, save
 from scipy import stats
 
 from onnx_near.cli import main
@@ -79,3 +79,33 @@ def test_bad_accuracy_file(tmp_path: Path) -> None:
     (tmp_path / "acc.csv").write_text("model,accuracy\na.onnx,0.9\nb.onnx,high\n")
     with pytest.raises(InputDataError, match="line 3"):
         read_accuracies(tmp_path / "acc.csv")
+
+
+def test_parameter_count_matches_pytorch_on_the_digits_models() -> None:
+    """PyTorch's own count (accuracy.csv's params, from make_search_space.py) for all 64 models,
+    including BatchNorm models whose second γ/β the exporter deduplicated into Identity nodes."""
+    import csv
+
+    from onnx_near.graph import GraphIndex, parameter_count
+    from onnx_near.load import load_model
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "digits"
+    rows = list(csv.DictReader((root / "accuracy.csv").open()))
+    got = {r["model"]: parameter_count(GraphIndex(load_model(root / r["model"]).proto)) for r in rows}
+    assert len(rows) == 64 and got == {r["model"]: int(r["params"]) for r in rows}
+
+
+def test_parameter_count_of_deduplicated_aliases() -> None:
+    """An initializer named again through Identity for a second layer counts twice; BN statistics never."""
+    g = Graph()
+    ones, zeros = g.const(np.ones(8), "gamma"), g.const(np.zeros(8), "beta")
+    h = g.op("Gemm", g.input("x", ["N", 4]), g.weight(4, 8))
+    alias = lambda t: g.op("Identity", t)  # noqa: E731  (how torch.onnx names a deduplicated copy)
+    h = g.op("BatchNormalization", h, ones, zeros, alias(zeros), alias(ones))
+    h = g.op("Gemm", h, g.weight(8, 8))
+    h = g.op("BatchNormalization", h, alias(ones), alias(zeros), alias(zeros), alias(ones))
+    g.output(h, ["N", 8])
+    from onnx_near.graph import GraphIndex, parameter_count
+
+    # two Gemm weights (4·8 + 8·8) and two BatchNorms' γ and β (2·16)
+    assert parameter_count(GraphIndex(g.model(infer=False))) == 32 + 64 + 32
