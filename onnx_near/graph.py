@@ -209,6 +209,63 @@ def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.Mode
     return light
 
 
+# Element types handed to onnxruntime as arrays; others stay in the graph as they are.
+_ARRAY_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+}
+IN_MEMORY = "onnx-near:in-memory"
+
+
+def split_weights(model: onnx.ModelProto, keep_below: int = 4096) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of ``model`` whose large inline initializers are declared external data, and
+    their values as arrays by name, for ``SessionOptions.add_external_initializers``.
+
+    Initializers already stored in external files, small ones (fewer than ``keep_below``
+    elements) and those of other element types stay as they are.
+    """
+    graph = model.graph
+
+    def moved(t: onnx.TensorProto) -> bool:
+        return (
+            t.data_location != onnx.TensorProto.EXTERNAL
+            and t.data_type in _ARRAY_TYPES
+            and int(np.prod(t.dims, dtype=np.int64)) >= keep_below
+        )
+
+    light = onnx.ModelProto()
+    if not any(moved(t) for t in graph.initializer):
+        light.CopyFrom(model)
+        return light, {}
+    _copy_fields(model, light, skip="graph")  # field by field: the weights are never copied
+    _copy_fields(graph, light.graph, skip="initializer")
+    arrays: dict[str, np.ndarray] = {}
+    for t in graph.initializer:
+        value = _array_or_none(t) if moved(t) else None
+        if value is None:  # as it is (a malformed one is then onnxruntime's to report)
+            light.graph.initializer.add().CopyFrom(t)
+            continue
+        arrays[t.name] = value
+        stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=IN_MEMORY)
+    return light, arrays
+
+
+def _array_or_none(t: onnx.TensorProto) -> np.ndarray | None:
+    """The initializer's value, or None when its data does not match its declared shape."""
+    try:
+        value = numpy_helper.to_array(t)
+    except Exception:
+        return None
+    return value if value.shape == tuple(t.dims) else None
+
+
 def _copy_fields(src: Any, dst: Any, skip: str) -> None:
     """Copy every field of the protobuf message ``src`` that is set, except ``skip``, to ``dst``."""
     for fd, value in src.ListFields():

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from .budget import weight_bytes
 from .errors import ModelLoadError, RunError
+from .graph import split_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,26 @@ class Runner:
         self.label = label
         self.deadline = deadline  # time.monotonic() value after which runs are stopped
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = (
+        level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if weight_bytes(model) <= ALL_MAX_WEIGHT_BYTES
             else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         )
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+
+        def options(weights: Mapping[str, np.ndarray]) -> ort.SessionOptions:
+            o = ort.SessionOptions()
+            o.log_severity_level = 3
+            o.graph_optimization_level = level
+            if threads:
+                o.intra_op_num_threads = threads
+                o.inter_op_num_threads = 1
+            o.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+            if weights:  # handed over as arrays: onnxruntime copies them in, no protobuf to parse
+                o.add_external_initializers(
+                    list(weights), [ort.OrtValue.ortvalue_from_numpy(v) for v in weights.values()]
+                )
+            return o
+
         self.session = self._create(model, options, providers)
         got = self.session.get_providers()
         self.provider = got[0] if got else CPU
@@ -75,20 +85,27 @@ class Runner:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def _create(
-        self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]
+        self,
+        model: onnx.ModelProto,
+        options: Callable[[Mapping[str, np.ndarray]], ort.SessionOptions],
+        providers: list[str],
     ) -> ort.InferenceSession:
+        """The session, built from the graph with its large weights passed as arrays
+        (measured on ResNet-18: 0.075 s instead of 0.2 s, 36 MiB less at the peak, than
+        serialising 43 MiB of weights into a protobuf for onnxruntime to parse again)."""
         previous = 2
         ort.set_default_logger_severity(4)  # silence provider-loading noise
+        light, weights = split_weights(model)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    return ort.InferenceSession(_serialize(model), options, providers=providers)
+                    return ort.InferenceSession(_serialize(light), options(weights), providers=providers)
                 except Exception as e:
-                    lowered = _lower_ir_version(model, str(e))
+                    lowered = _lower_ir_version(light, str(e))
                     if lowered is None:
                         raise
-                    return ort.InferenceSession(_serialize(lowered), options, providers=providers)
+                    return ort.InferenceSession(_serialize(lowered), options(weights), providers=providers)
         except Exception as e:
             raise ModelLoadError(f"onnxruntime cannot load {self.label}: {_ort_message(e)}") from e
         finally:

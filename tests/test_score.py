@@ -409,3 +409,25 @@ def test_gpu_path_agrees_with_the_cpu(name: str) -> None:
     assert gpu.provider == "CUDAExecutionProvider"
     assert [l.row_starts for l in gpu.layers] == [l.row_starts for l in cpu.layers]
     assert [l.erank for l in gpu.layers] == pytest.approx([l.erank for l in cpu.layers], rel=1e-4)
+
+
+def test_weights_handed_over_as_arrays_give_the_same_outputs(tmp_path: Path) -> None:
+    """Large weights go to onnxruntime as arrays (declared external in the graph it parses):
+    the outputs are those of a session built from the whole serialised model, bit for bit."""
+    import onnxruntime as ort
+
+    from onnx_near.graph import split_weights
+    from onnx_near.run import Runner
+
+    g = Graph()
+    h = g.op("Relu", g.op("Gemm", g.input("x", ["N", 100]), g.weight(100, 256)))
+    g.output(g.op("Gemm", h, g.weight(256, 10), g.const(np.arange(10.0))), ["N", 10])
+    model = g.model(infer=False)
+    light, arrays = split_weights(model)
+    assert [a.shape for a in arrays.values()] == [(100, 256)]  # the small ones stay inline
+    assert light.ByteSize() < model.ByteSize() - 100 * 256 * 4 + 100  # the big weight is not in it
+    x = np.random.default_rng(0).standard_normal((7, 100)).astype(np.float32)
+    out = model.graph.output[0].name
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run([out], {"x": x})[0]
+    got = Runner(model, tmp_path, "cpu", [out]).run({"x": x})[out]
+    assert np.array_equal(got, want)
