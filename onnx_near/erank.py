@@ -58,7 +58,7 @@ GRAM_ERROR_EPS = 10
 GRAM_MAX_RELATIVE_ERROR = 1e-6
 
 
-def singular_values(a: Any, xp: ModuleType = np) -> Any:
+def singular_values(a: Any, xp: ModuleType = np, rank_bound: int | None = None) -> Any:
     """The non-zero singular values of the float64 matrix ``a`` (and possibly some zeros).
 
     Exact steps first: rows and columns that are entirely zero (dead ReLU units, padding)
@@ -78,6 +78,11 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
       was tried and dropped: it also fails for the mildly deficient ones the Gram route
       handles (an MLP's 784→1024 layer), which then cost an SVD.
 
+    ``rank_bound``, when the graph gives one (:func:`onnx_near.taps.structural_rank`), sends
+    a matrix of which at least half the singular values are zero by construction straight to
+    the SVD: so many near-zero values break the Gram bound (every such layer of the
+    benchmarks did), and its eigenvalues would be computed in vain.
+
     Float32 variants (SVD or Gram) were measured and rejected: on the benchmark's
     rank-deficient layers their effective ranks are off by up to 3e-6 relative
     (``python benchmarks/erank_routes.py``).
@@ -86,6 +91,8 @@ def singular_values(a: Any, xp: ModuleType = np) -> Any:
     rows, cols = a.shape
     if min(rows, cols) < GRAM_MIN_SIZE:
         return xp.linalg.svd(a, compute_uv=False) if a.size else xp.zeros(0)
+    if rank_bound is not None and 2 * rank_bound <= min(rows, cols):
+        return xp.linalg.svd(a, compute_uv=False)
     g = a.T @ a if rows >= cols else a @ a.T
     lam_raw = xp.linalg.eigvalsh(g)
     lam = xp.clip(lam_raw, 0.0, None)
@@ -126,7 +133,7 @@ def _nonzero_part(a: Any, xp: ModuleType) -> Any:
     return a[rows][:, cols]
 
 
-def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
+def effective_rank(matrix: Any, xp: ModuleType = np, rank_bound: int | None = None) -> float:
     """Effective rank of a 2-D ``matrix`` (Roy & Vetterli 2007), computed in float64.
 
     The matrix is used as it is: it is neither centred nor scaled.  Raises
@@ -141,7 +148,7 @@ def effective_rank(matrix: Any, xp: ModuleType = np) -> float:
         return 0.0
     if not bool(xp.isfinite(a).all()):
         raise NonFiniteMatrixError("the matrix holds NaN or Inf values")
-    return erank_from_singular_values(singular_values(a, xp), xp)
+    return erank_from_singular_values(singular_values(a, xp, rank_bound), xp)
 
 
 # Threads pay off for matrices of at least POOL_MIN rows and columns: several of them run at
@@ -155,20 +162,24 @@ LARGE_MATRIX = 768
 
 
 def effective_ranks(
-    matrices: Sequence[Any], xp: ModuleType = np, workers: int | None = None
+    matrices: Sequence[Any],
+    xp: ModuleType = np,
+    workers: int | None = None,
+    rank_bounds: Sequence[int | None] | None = None,
 ) -> list[float | NonFiniteMatrixError]:
     """:func:`effective_rank` of each matrix; a matrix with NaN/Inf gives its error instead.
 
     ``workers`` threads (default: the CPUs this process may use; when given, also the most
     BLAS threads used) share the matrices of at least ``POOL_MIN`` rows and columns, largest
     first, one BLAS thread each; the smaller ones follow one by one.  Results come back in
-    the order given, and do not depend on the number of workers.
+    the order given, and do not depend on the number of workers.  ``rank_bounds`` gives each
+    matrix's structural rank bound, if any (see :func:`singular_values`).
     """
     out: list[float | NonFiniteMatrixError] = [0.0] * len(matrices)
 
     def one(k: int) -> None:
         try:
-            out[k] = effective_rank(matrices[k], xp)
+            out[k] = effective_rank(matrices[k], xp, rank_bounds[k] if rank_bounds is not None else None)
         except NonFiniteMatrixError as e:
             out[k] = e
 

@@ -237,7 +237,9 @@ def _repetition(
     t0 = perf_counter()
     run.check_time()
     matrices = [kept[t.tensor] for t in run.taps]
-    for t, m, (value, bound) in zip(run.taps, matrices, _ranks(cfg, matrices, rng, xp)):
+    for t, m, (value, bound) in zip(
+        run.taps, matrices, _ranks(cfg, matrices, rng, xp, [t.rank_bound for t in run.taps])
+    ):
         st = stats[t.tensor]
         st.shape = (int(m.shape[0]), int(m.shape[1]))
         limits = SATURATING.get(t.op)
@@ -255,11 +257,20 @@ def _repetition(
 
 
 def _ranks(
-    cfg: ScoreConfig, matrices: list[np.ndarray], rng: np.random.Generator, xp: Any
+    cfg: ScoreConfig,
+    matrices: list[np.ndarray],
+    rng: np.random.Generator,
+    xp: Any,
+    bounds: list[int | None] | None = None,
 ) -> list[tuple[float | NonFiniteMatrixError, float | None]]:
-    """Each matrix's effective rank (or its NaN/Inf error) and, when approximated, the bound."""
+    """Each matrix's effective rank (or its NaN/Inf error) and, when approximated, the bound.
+
+    ``bounds``: each matrix's structural rank bound (from its tap), used to pick the route."""
     exact = effective_ranks(
-        [m if not _approximated(cfg, m) else m[:0, :0] for m in matrices], xp, workers=cfg.threads or None
+        [m if not _approximated(cfg, m) else m[:0, :0] for m in matrices],
+        xp,
+        workers=cfg.threads or None,
+        rank_bounds=bounds,
     )
     out: list[tuple[float | NonFiniteMatrixError, float | None]] = []
     for m, value in zip(matrices, exact):

@@ -164,6 +164,7 @@ class Tap:
     axis_reason: str
     declared_shape: tuple[int | str | None, ...] | None
     elem_type: int
+    rank_bound: int | None = None  # the matrix's rank can be no higher, from the weights' shapes
 
 
 @dataclass(frozen=True)
@@ -619,6 +620,7 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
             axis, reason = -1, "no layout known: last axis assumed"
         dims = index.dims(tensor)
         role = "+".join(r for r in ("pre", "post") if r in rs)
+        natural = tensor in inferred and reason == inferred[tensor][1]  # the feature axis the graph gives
         taps.append(
             Tap(
                 name,
@@ -630,10 +632,47 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
                 reason,
                 tuple(dims) if dims is not None else None,
                 index.elem_type(tensor),
+                structural_rank(index, tensor) if natural else None,
             )
         )
     taps.sort(key=lambda t: (t.node, t.tensor))
     return TapPlan(tuple(taps), tuple(find_untappable(index)))
+
+
+def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | None:
+    """An upper bound on the rank of ``tensor`` as a matrix (features as columns) that the
+    weights' shapes imply, or None when they imply none.
+
+    A layer maps each row through its weight: Gemm or MatMul with a K×N constant gives rank
+    ≤ K, a Conv ≤ (input channels per group)·(kernel size)·groups, plus one for a bias.  A
+    per-feature affine op after it (BatchNorm, a decomposed Mul+Add) adds at most one, a
+    LayerNorm at most two (centring, then the shift).  NEAR's matrices of a layer much wider
+    than its input are rank-deficient for that reason alone.
+    """
+    n = index.node_of(tensor)
+    if n is None or depth == 0 or n.domain not in ("", "ai.onnx"):
+        return None
+    const = [index.is_const(x) for x in n.input[:2]] if len(n.input) >= 2 else [False, False]
+    if n.op_type == "Add" and len(n.input) == 2 and any(const):  # a bias or an affine shift
+        inner = structural_rank(index, n.input[1] if const[0] else n.input[0], depth - 1)
+        return inner + 1 if inner is not None else None
+    if n.op_type == "Mul" and len(n.input) == 2 and any(const) and not all(const):  # a per-feature scale
+        return structural_rank(index, n.input[1] if const[0] else n.input[0], depth - 1)
+    if n.op_type in ("BatchNormalization", "LayerNormalization"):
+        inner = structural_rank(index, n.input[0], depth - 1)
+        return inner + (1 if n.op_type == "BatchNormalization" else 2) if inner is not None else None
+    w = index.dims(n.input[1]) if len(n.input) > 1 and const[1] and not const[0] else None
+    if w is None or not all(isinstance(d, int) for d in w):
+        return None
+    dims = [int(d) for d in w if d is not None]
+    bias = 1 if len(n.input) > 2 and n.input[2] else 0
+    if n.op_type == "MatMul" and len(dims) == 2:
+        return dims[0]
+    if n.op_type == "Gemm" and len(dims) == 2 and not attribute(n, "transA", 0):
+        return (dims[1] if attribute(n, "transB", 0) else dims[0]) + bias
+    if n.op_type == "Conv" and len(dims) >= 3:
+        return int(np.prod(dims[1:])) * int(attribute(n, "group", 1) or 1) + bias
+    return None
 
 
 def _op_of(index: GraphIndex, tensor: str) -> str:

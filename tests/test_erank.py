@@ -246,3 +246,22 @@ def test_effective_ranks_do_not_depend_on_the_workers(workers: int, monkeypatch:
     assert isinstance(got[2], NonFiniteMatrixError)
     want = [_svd_erank(m) for k, m in enumerate(mats) if k != 2]
     assert [g for k, g in enumerate(got) if k != 2] == pytest.approx(want, rel=1e-10)
+
+
+def test_structural_rank_bound_sends_half_empty_matrices_to_the_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a bound of at most half the size no eigenvalues are computed; above it the Gram route is tried."""
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((256, 100)) @ rng.standard_normal((100, 256))
+    want = _svd_erank(a)
+    calls: list[str] = []
+    for name in ("eigvalsh", "svd"):
+        original = getattr(np.linalg, name)
+        monkeypatch.setattr(
+            np.linalg, name, lambda *args, _f=original, _n=name, **kw: calls.append(_n) or _f(*args, **kw)
+        )
+    assert effective_rank(a, np, rank_bound=100) == pytest.approx(want, rel=1e-12)
+    assert calls == ["svd"]
+    calls.clear()
+    effective_rank(np.maximum(a, 0), np, rank_bound=200)
+    assert calls[0] == "eigvalsh"

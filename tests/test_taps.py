@@ -15,6 +15,7 @@ from graphs import (
     gelu_tanh_pow,
     hardswish,
     mish,
+    mlp,
     silu_sigmoid_first,
     silu_x_first,
     source,
@@ -630,3 +631,44 @@ def test_dynamo_softplus_threshold_is_part_of_the_activation() -> None:
     y = g.output(g.op("Where", g.op("Greater", x, g.const(20.0)), x, sp, out="y"))
     (site,) = find_activations(g.index())
     assert (site.pre, site.post, site.kind) == (x, y, "Softplus")
+
+
+def test_structural_rank_bounds_the_real_rank() -> None:
+    """The bound from the weights' shapes: informative (below the width) and never below the
+    rank of the matrices the model really produces (onnxruntime, 512 random samples)."""
+    import onnxruntime as ort
+
+    from onnx_near.matrices import to_rows
+
+    g = Graph()
+    x = g.input("x", ["N", 3, 6, 6])
+    conv = g.op("Conv", x, g.weight(40, 3, 2, 2), g.weight(40), node_name="conv")  # ≤ 3·2·2 + 1 = 13
+    bn = g.op("BatchNormalization", conv, *(g.const(np.abs(g.rng.standard_normal(40)) + 0.5) for _ in range(4)))
+    grouped = g.op("Conv", g.op("Relu", bn), g.weight(40, 20, 1, 1), group=2, node_name="grouped")  # ≤ 20·2 = 40
+    flat = g.op("Flatten", g.op("GlobalAveragePool", grouped))
+    fc = g.op("Gemm", flat, g.weight(50, 40), g.weight(50), transB=1, node_name="fc")  # ≤ 40 + 1
+    mm = g.op("Add", g.op("MatMul", g.op("Relu", fc), g.weight(50, 90)), g.weight(90))  # ≤ 51
+    ln = g.op("LayerNormalization", mm, g.const(np.ones(90)), g.const(np.zeros(90)))  # ≤ 53
+    g.output(ln, ["N", 90])
+    model = g.model()
+    plan = plan_taps(GraphIndex(model))
+    bounds = {t.tensor: t.rank_bound for t in plan.taps}
+    assert [bounds[t] for t in (conv, bn, grouped, fc, mm, ln)] == [13, 14, 40, 41, 51, 53]
+    assert all(bounds[t] is None for t in bounds if t not in (conv, bn, grouped, fc, mm, ln))  # activations
+    for tap in plan.taps:
+        model.graph.output.add(name=tap.tensor)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    xs = np.random.default_rng(0).standard_normal((512, 3, 6, 6)).astype(np.float32)
+    outs = dict(zip([t.tensor for t in plan.taps], session.run([t.tensor for t in plan.taps], {"x": xs})))
+    for tap in plan.taps:
+        if tap.rank_bound is not None:
+            m = to_rows(outs[tap.tensor].astype(np.float64), tap.axis)
+            assert np.linalg.matrix_rank(m, tol=1e-5 * np.abs(m).max() * max(m.shape)) <= tap.rank_bound
+
+
+def test_structural_rank_needs_the_graphs_feature_axis() -> None:
+    """A feature axis set by the user makes a different matrix: no bound is claimed for it."""
+    model = mlp(d_in=6, hidden=8)
+    plan = plan_taps(GraphIndex(model), axes={"fc1": 0})
+    assert [t.rank_bound for t in plan.taps if t.name == "fc1"] == [None]
+    assert [t.rank_bound for t in plan_taps(GraphIndex(model)).taps if t.name == "fc1"] == [6]
