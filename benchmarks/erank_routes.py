@@ -42,8 +42,9 @@ import vs_pytorch  # the cases, their inputs and their export
 EXACT = 1e-6
 
 
-def case_matrices(case: str, tmp: Path) -> list[np.ndarray]:
-    """The matrices onnx-near takes the effective ranks of for ``case`` (seed 0)."""
+def case_matrices(case: str, tmp: Path) -> list[tuple[np.ndarray, int | None]]:
+    """The matrices onnx-near takes the effective ranks of for ``case`` (seed 0), each with
+    its structural rank bound."""
     model = vs_pytorch.BUILDERS[case]()
     shape = vs_pytorch.SAMPLE_SHAPES[case]
     geo = vs_pytorch.rows_per_sample(model, torch.zeros((1, *shape)))
@@ -53,11 +54,11 @@ def case_matrices(case: str, tmp: Path) -> list[np.ndarray]:
     vs_pytorch.export(model, torch.from_numpy(x[:1]), path)
     # score.py hands its matrices to effective_ranks: catch them on the way.
     score_module = importlib.import_module("onnx_near.score")
-    seen: list[np.ndarray] = []
+    seen: list[tuple[np.ndarray, int | None]] = []
     original = score_module.effective_ranks
 
     def catch(matrices: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.extend(matrices)
+        seen.extend(zip(matrices, kwargs.get("rank_bounds") or [None] * len(matrices)))
         return original(matrices, *args, **kwargs)
 
     score_module.effective_ranks = catch
@@ -73,20 +74,22 @@ def gram(a: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(np.linalg.eigvalsh(g), 0, None))
 
 
-ROUTES: dict[str, Callable[[np.ndarray], float]] = {
-    "svd64": lambda m: erank_from_singular_values(np.linalg.svd(m.astype(np.float64), compute_uv=False)),
-    "gram64": lambda m: erank_from_singular_values(gram(m.astype(np.float64))),
-    "svd32": lambda m: erank_from_singular_values(lapack.sgesdd(m.astype(np.float32), compute_uv=0)[1]),
-    "gram32": lambda m: erank_from_singular_values(gram(m.astype(np.float32)).astype(np.float64)),
-    "onnx-near": lambda m: effective_rank(m),
+ROUTES: dict[str, Callable[[np.ndarray, int | None], float]] = {
+    "svd64": lambda m, _: erank_from_singular_values(np.linalg.svd(m.astype(np.float64), compute_uv=False)),
+    "gram64": lambda m, _: erank_from_singular_values(gram(m.astype(np.float64))),
+    "svd32": lambda m, _: erank_from_singular_values(lapack.sgesdd(m.astype(np.float32), compute_uv=0)[1]),
+    "gram32": lambda m, _: erank_from_singular_values(gram(m.astype(np.float32)).astype(np.float64)),
+    "onnx-near": lambda m, bound: effective_rank(m, np, bound),
 }
 
 
-def timed(route: Callable[[np.ndarray], float], m: np.ndarray, runs: int) -> tuple[float, float]:
+def timed(
+    route: Callable[[np.ndarray, int | None], float], m: np.ndarray, bound: int | None, runs: int
+) -> tuple[float, float]:
     best, value = math.inf, math.nan
     for _ in range(runs):
         t0 = time.perf_counter()
-        value = route(m)
+        value = route(m, bound)
         best = min(best, time.perf_counter() - t0)
     return value, best
 
@@ -102,12 +105,12 @@ def main() -> None:
     summary = []
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(1):
         for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
-            mats = [m for m in case_matrices(case, Path(tmp)) if m.size and np.isfinite(m).all()]
+            mats = [(m, b) for m, b in case_matrices(case, Path(tmp)) if m.size and np.isfinite(m).all()]
             values: dict[str, list[float]] = {}
             times: dict[str, list[float]] = {}
             for name, route in ROUTES.items():
-                for m in mats:
-                    v, t = timed(route, m, args.runs)
+                for m, bound in mats:
+                    v, t = timed(route, m, bound, args.runs)
                     values.setdefault(name, []).append(v)
                     times.setdefault(name, []).append(t)
             ref = values["svd64"]
