@@ -653,12 +653,13 @@ def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | Non
     if n is None or depth == 0 or n.domain not in ("", "ai.onnx"):
         return None
     const = [index.is_const(x) for x in n.input[:2]] if len(n.input) >= 2 else [False, False]
-    if n.op_type == "Add" and len(n.input) == 2 and any(const):  # a bias or an affine shift
-        inner = structural_rank(index, n.input[1] if const[0] else n.input[0], depth - 1)
-        return inner + 1 if inner is not None else None
-    if n.op_type == "Mul" and len(n.input) == 2 and any(const) and not all(const):  # a per-feature scale
-        return structural_rank(index, n.input[1] if const[0] else n.input[0], depth - 1)
-    if n.op_type in ("BatchNormalization", "LayerNormalization"):
+    if n.op_type in ("Add", "Mul") and len(n.input) == 2 and const.count(True) == 1:
+        c, x = (n.input[0], n.input[1]) if const[0] else (n.input[1], n.input[0])
+        if not _along_one_axis(index, c):  # a full constant tensor can raise the rank further
+            return None
+        inner = structural_rank(index, x, depth - 1)  # scaling rows or columns keeps the rank,
+        return inner + (1 if n.op_type == "Add" else 0) if inner is not None else None  # a shift adds one
+    if n.op_type == "BatchNormalization" or (n.op_type == "LayerNormalization" and _last_axis(index, n)):
         inner = structural_rank(index, n.input[0], depth - 1)
         return inner + (1 if n.op_type == "BatchNormalization" else 2) if inner is not None else None
     w = index.dims(n.input[1]) if len(n.input) > 1 and const[1] and not const[0] else None
@@ -673,6 +674,22 @@ def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | Non
     if n.op_type == "Conv" and len(dims) >= 3:
         return int(np.prod(dims[1:])) * int(attribute(n, "group", 1) or 1) + bias
     return None
+
+
+def _along_one_axis(index: GraphIndex, name: str) -> bool:
+    """True when the constant ``name`` is a scalar or varies along one axis only."""
+    dims = index.dims(name)
+    if dims is None:
+        v = index.const_value(name)
+        dims = list(v.shape) if v is not None else None
+    return dims is not None and all(isinstance(d, int) for d in dims) and sum(1 for d in dims if d != 1) <= 1
+
+
+def _last_axis(index: GraphIndex, n: onnx.NodeProto) -> bool:
+    """True when a LayerNormalization normalises over the last axis alone (rows stay rows)."""
+    axis = int(attribute(n, "axis", -1))
+    rank = index.rank(n.input[0])
+    return axis == -1 or (rank is not None and axis == rank - 1)
 
 
 def _op_of(index: GraphIndex, tensor: str) -> str:

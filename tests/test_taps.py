@@ -672,3 +672,21 @@ def test_structural_rank_needs_the_graphs_feature_axis() -> None:
     plan = plan_taps(GraphIndex(model), axes={"fc1": 0})
     assert [t.rank_bound for t in plan.taps if t.name == "fc1"] == [None]
     assert [t.rank_bound for t in plan_taps(GraphIndex(model)).taps if t.name == "fc1"] == [6]
+
+
+def test_structural_rank_claims_nothing_after_full_constant_tensors() -> None:
+    """A positional-embedding Add or an elementwise Mul by a full constant can raise the rank:
+    no bound; nor for a LayerNorm over more than the last axis (its γ is a full tensor)."""
+    g = Graph()
+    x = g.input("x", ["N", 5, 16])
+    mm = g.op("MatMul", x, g.weight(16, 32))  # ≤ 16
+    pos = g.op("Add", mm, g.weight(5, 32))  # + a 5×32 constant: could reach 21
+    scaled = g.op("Mul", mm, g.weight(5, 32))
+    ln = g.op("LayerNormalization", mm, g.weight(5, 32), g.weight(5, 32), axis=-2)
+    for t in (pos, scaled, ln):
+        g.output(t, ["N", 5, 32])
+    index = GraphIndex(g.model())
+    from onnx_near.taps import structural_rank
+
+    assert structural_rank(index, mm) == 16
+    assert [structural_rank(index, t) for t in (pos, scaled, ln)] == [None, None, None]
