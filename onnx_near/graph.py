@@ -7,7 +7,7 @@ tensor?", "is it a constant?"); this index answers each in O(1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -181,31 +181,30 @@ def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.Mode
     weights (again) would double the memory a large model takes.  Initializers of fewer than
     ``keep_below`` elements keep their data: shape tensors and axes read by Reshape, Slice…
     """
-    light = onnx.ModelProto()
+
+    def stub(t: onnx.TensorProto) -> onnx.TensorProto | None:
+        if int(np.prod(t.dims, dtype=np.int64)) < keep_below:
+            return None
+        return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+
+    return _with_initializers(model, stub)
+
+
+def _with_initializers(
+    model: onnx.ModelProto, replace: Callable[[onnx.TensorProto], onnx.TensorProto | None]
+) -> onnx.ModelProto:
+    """A copy of ``model`` in which every initializer ``replace`` gives a tensor for is that
+    tensor instead; the replaced initializers' data is never copied."""
     graph = model.graph
-    small = [int(np.prod(t.dims, dtype=np.int64)) < keep_below for t in graph.initializer]
-    if all(small):
+    replacements = [replace(t) for t in graph.initializer]
+    light = onnx.ModelProto()
+    if all(r is None for r in replacements):
         light.CopyFrom(model)
         return light
     _copy_fields(model, light, skip="graph")  # field by field: the weights are never copied
     _copy_fields(graph, light.graph, skip="initializer")
-    for t, keep in zip(graph.initializer, small):
-        if keep:
-            light.graph.initializer.add().CopyFrom(t)
-        else:  # the big ones as metadata only
-            light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
-    return light
-    saved = list(graph.initializer)
-    del graph.initializer[:]  # copy the rest of the model without any initializer…
-    try:
-        light.CopyFrom(model)
-    finally:
-        graph.initializer.extend(saved)
-    for t, keep in zip(saved, small):
-        if keep:
-            light.graph.initializer.add().CopyFrom(t)
-        else:  # …then the big ones as metadata only
-            light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    for t, r in zip(graph.initializer, replacements):
+        light.graph.initializer.add().CopyFrom(t if r is None else r)
     return light
 
 
@@ -229,32 +228,25 @@ def split_weights(model: onnx.ModelProto, keep_below: int = 4096) -> tuple[onnx.
     Initializers already stored in external files, small ones (fewer than ``keep_below``
     elements) and those of other element types stay as they are.
     """
-    graph = model.graph
-
-    def moved(t: onnx.TensorProto) -> bool:
-        return (
-            t.data_location != onnx.TensorProto.EXTERNAL
-            and t.data_type in _ARRAY_TYPES
-            and int(np.prod(t.dims, dtype=np.int64)) >= keep_below
-        )
-
-    light = onnx.ModelProto()
-    if not any(moved(t) for t in graph.initializer):
-        light.CopyFrom(model)
-        return light, {}
-    _copy_fields(model, light, skip="graph")  # field by field: the weights are never copied
-    _copy_fields(graph, light.graph, skip="initializer")
     arrays: dict[str, np.ndarray] = {}
-    for t in graph.initializer:
-        value = _array_or_none(t) if moved(t) else None
+
+    def stub(t: onnx.TensorProto) -> onnx.TensorProto | None:
+        if (
+            t.data_location == onnx.TensorProto.EXTERNAL
+            or t.data_type not in _ARRAY_TYPES
+            or int(np.prod(t.dims, dtype=np.int64)) < keep_below
+        ):
+            return None
+        value = _array_or_none(t)
         if value is None:  # as it is (a malformed one is then onnxruntime's to report)
-            light.graph.initializer.add().CopyFrom(t)
-            continue
+            return None
         arrays[t.name] = value
-        stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        stub.external_data.add(key="location", value=IN_MEMORY)
-    return light, arrays
+        moved = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+        moved.data_location = onnx.TensorProto.EXTERNAL
+        moved.external_data.add(key="location", value=IN_MEMORY)
+        return moved
+
+    return _with_initializers(model, stub), arrays
 
 
 def _array_or_none(t: onnx.TensorProto) -> np.ndarray | None:

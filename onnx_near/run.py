@@ -160,25 +160,12 @@ class Runner:
                 timer.cancel()
 
 
-# onnxruntime's names of the tensor element types a tap can have.
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def device_array(value: ort.OrtValue, xp: Any = np) -> Any:
     """An onnxruntime output as an ``xp`` array: numpy for host memory; for cupy, a view of
     the device buffer that keeps the OrtValue alive (no copy)."""
     if xp is np:
         return value.numpy()
-    dtype = np.dtype(_ORT_DTYPES[value.data_type()])
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.element_type())
     memory = xp.cuda.UnownedMemory(value.data_ptr(), value.tensor_size_in_bytes(), value)  # current device
     return xp.ndarray(tuple(value.shape()), dtype, xp.cuda.MemoryPointer(memory, 0))
 

@@ -449,13 +449,19 @@ def _affine(index: GraphIndex, n: onnx.NodeProto) -> LayerSite | None:
 
 def _is_vector(index: GraphIndex, name: str) -> bool:
     """True when the constant ``name`` has more than one element and one non-unit dim."""
+    dims = _const_dims(index, name)
+    return dims is not None and sum(1 for d in dims if d != 1) == 1
+
+
+def _const_dims(index: GraphIndex, name: str) -> list[int] | None:
+    """The dims of the constant ``name`` (declared, else from its value), if all known."""
     dims = index.dims(name)
     if dims is None:
         v = index.const_value(name)
         dims = list(v.shape) if v is not None else None
     if dims is None or not all(isinstance(d, int) for d in dims):
-        return False
-    return sum(1 for d in dims if d != 1) == 1
+        return None
+    return [int(d) for d in dims if d is not None]
 
 
 def _with_bias(index: GraphIndex, out: str, op: str, i: int) -> LayerSite:
@@ -678,11 +684,8 @@ def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | Non
 
 def _along_one_axis(index: GraphIndex, name: str) -> bool:
     """True when the constant ``name`` is a scalar or varies along one axis only."""
-    dims = index.dims(name)
-    if dims is None:
-        v = index.const_value(name)
-        dims = list(v.shape) if v is not None else None
-    return dims is not None and all(isinstance(d, int) for d in dims) and sum(1 for d in dims if d != 1) <= 1
+    dims = _const_dims(index, name)
+    return dims is not None and sum(1 for d in dims if d != 1) <= 1
 
 
 def _last_axis(index: GraphIndex, n: onnx.NodeProto) -> bool:
