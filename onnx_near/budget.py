@@ -76,20 +76,3 @@ def batch_limit(per_sample_bytes: float, limit: int) -> int:
             f"one sample's tap outputs take {gib(per_sample_bytes)}, more than a quarter of the memory limit of {gib(limit)} (--max-memory)"
         )
     return allowed
-
-
-def tap_groups(per_sample: Mapping[str, float], limit: float) -> list[list[str]]:
-    """Taps in consecutive groups whose outputs for one sample fit ``limit`` bytes together.
-
-    One group (every tap) when they all fit; otherwise the model runs once per group over
-    the same samples, so only one group's tap outputs are held at a time.
-    """
-    groups: list[list[str]] = [[]]
-    used = 0.0
-    for name, size in per_sample.items():
-        if groups[-1] and used + size > limit:
-            groups.append([])
-            used = 0.0
-        groups[-1].append(name)
-        used += size
-    return groups

@@ -23,6 +23,7 @@ from . import __version__
 from .choose import rank_activations, rank_inits
 from .config import ScoreConfig, parse_axis, parse_rows, parse_shape, parse_size
 from .errors import ConfigError, NearError
+from .progress import Progress
 from .rank import rank_models, read_accuracies
 from .reinit import SCHEMES
 from .report import (
@@ -113,7 +114,7 @@ _output = _options(
         "--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file instead of stdout."
     ),
     click.option("--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."),
-    click.option("--quiet", "-q", is_flag=True, help="Log errors only."),
+    click.option("--quiet", "-q", is_flag=True, help="Log errors only; no progress line."),
     click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors."),
 )
 
@@ -182,8 +183,8 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             "--batch-memory",
             default=None,
             metavar="SIZE",
-            help="Budget for one forward pass's tap outputs, e.g. 256M (default 64M); "
-            "taps run in groups when one sample's outputs exceed it.",
+            help="Budget for the activations of one forward pass, e.g. 256M (default 64M); "
+            "it sets the batch size.",
         ),
         click.option(
             "--timeout", type=float, default=None, metavar="SECONDS", help="Stop a model that runs longer than this."
@@ -282,7 +283,9 @@ def score_cmd(
     **opts: Any,
 ) -> None:
     """Score MODEL (an .onnx file): per-tap effective ranks and their sum."""
-    result = score(model, data=data, config=_config(samples=samples, reinit=reinit, **_drop_logging(opts)))
+    progress = Progress(enabled=False) if opts.get("quiet") else Progress()  # on a terminal, past 2 s
+    config = _config(samples=samples, reinit=reinit, **_drop_logging(opts))
+    result = score(model, data=data, config=config, progress=progress)
     result = dataclasses.replace(result, show_timings=timings)
     _emit({"table": score_table, "json": to_json, "csv": score_csv}[fmt](result), output)
 

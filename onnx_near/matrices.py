@@ -117,13 +117,41 @@ def draw_blocks(
     return blocks
 
 
-class Collector:
-    """Keeps, per tap, only the rows of its block as batches of outputs stream past."""
+# An end past every tensor's length: Slice clamps it (the whole axis).
+_TO_THE_END = np.iinfo(np.int64).max
 
-    def __init__(self, geoms: Mapping[str, Geometry], blocks: Mapping[str, RowBlock], xp: Any = np):
+
+@dataclass(frozen=True)
+class Span:
+    """Where one tap's block meets one batch: the samples of the batch to take, and the
+    block's rows among them (``row_start .. row_end`` counted over the window)."""
+
+    sample_start: int  # in the batch
+    sample_end: int
+    offset: int  # window row of the first row of those samples
+    row_start: int  # window rows
+    row_end: int
+
+
+class Collector:
+    """Keeps, per tap, only the rows of its block as batches of outputs stream past.
+
+    A tap is either *cut* in the graph (``cut_taps``: onnxruntime returns the block's rows of
+    each batch, given the bounds :meth:`feeds` computes) or returned whole (its rows are then
+    cut out here).  Either way each matrix gets the same rows, bit for bit.
+    """
+
+    def __init__(
+        self,
+        geoms: Mapping[str, Geometry],
+        blocks: Mapping[str, RowBlock],
+        xp: Any = np,
+        cut_taps: Mapping[str, tuple[str, str, str, str]] | None = None,
+    ):
         self.geoms = geoms
         self.blocks = blocks
         self.xp = xp  # the array module of the outputs and of the matrices (numpy or cupy)
+        self.cut_taps = dict(cut_taps or {})  # tap → names of its four bound inputs
         self.matrices: dict[str, Any] = {}
         self._filled = {name: 0 for name in geoms}
 
@@ -132,38 +160,61 @@ class Collector:
         """Samples that must run before every block is complete."""
         return max(b.last_sample(self.geoms[n].rows_per_sample) for n, b in self.blocks.items()) + 1
 
-    def needed(self, lo: int, hi: int) -> list[str]:
-        """The taps with rows among samples ``lo .. hi``: the outputs that batch must return."""
-        return [
-            name
-            for name, g in self.geoms.items()
-            if max(lo, self.blocks[name].start // g.rows_per_sample)
-            < min(hi, self.blocks[name].last_sample(g.rows_per_sample) + 1)
-        ]
+    def span(self, name: str, lo: int, hi: int, ran: int) -> Span | None:
+        """Where tap ``name``'s block meets the batch of window samples ``lo .. hi`` (``ran``
+        samples went through the model, padding included); None when it holds none of its rows."""
+        g, b = self.geoms[name], self.blocks[name]
+        first = max(lo, b.start // g.rows_per_sample)
+        last = min(hi, b.last_sample(g.rows_per_sample) + 1)
+        if first >= last:
+            return None
+        if g.batch_major:
+            s0, s1, offset, available = first - lo, last - lo, first * g.rows_per_sample, (last - first)
+        else:  # the sample axis is elsewhere: every row of the batch, in the tensor's order
+            s0, s1, offset, available = 0, _TO_THE_END, lo * g.rows_per_sample, ran
+        r0 = max(b.start, offset)
+        r1 = min(b.start + b.count, offset + available * g.rows_per_sample)
+        return Span(s0, s1, offset, r0, r1) if r0 < r1 else None
 
-    def add(self, lo: int, hi: int, outputs: Mapping[str, Any]) -> None:
-        """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs."""
+    def needed(self, lo: int, hi: int, ran: int | None = None) -> list[str]:
+        """The taps with rows among samples ``lo .. hi``: the outputs that batch must return."""
+        ran = hi - lo if ran is None else ran
+        return [name for name in self.geoms if self.span(name, lo, hi, ran) is not None]
+
+    def feeds(self, lo: int, hi: int, ran: int) -> dict[str, np.ndarray]:
+        """The bound inputs of every cut tap for this batch (empty ranges for taps it does not need)."""
+        out: dict[str, np.ndarray] = {}
+        for name, names in self.cut_taps.items():
+            sp = self.span(name, lo, hi, ran) if name in self.geoms else None
+            values = (
+                (0, 0, 0, 0)
+                if sp is None
+                else (sp.sample_start, sp.sample_end, sp.row_start - sp.offset, sp.row_end - sp.offset)
+            )
+            for n, v in zip(names, values):
+                out[n] = np.array([v], dtype=np.int64)
+        return out
+
+    def add(self, lo: int, hi: int, outputs: Mapping[str, Any], ran: int | None = None) -> None:
+        """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs:
+        the block's rows for a cut tap, the whole tensor for the others."""
+        ran = hi - lo if ran is None else ran
         for name, g in self.geoms.items():
-            b = self.blocks[name]
-            first = max(lo, b.start // g.rows_per_sample)
-            last = min(hi, b.last_sample(g.rows_per_sample) + 1)
-            if first >= last:
+            sp = self.span(name, lo, hi, ran)
+            if sp is None:
                 continue
             out = outputs[name]
-            if g.batch_major:
-                rows = to_rows(out[first - lo : last - lo], g.axis)
-                offset = first * g.rows_per_sample
+            if name in self.cut_taps:
+                rows = out
             else:
-                rows = to_rows(out, g.axis)
-                offset = lo * g.rows_per_sample
-            r0 = max(b.start, offset)
-            r1 = min(b.start + b.count, offset + rows.shape[0])
-            if r0 >= r1:
-                continue
+                rows = to_rows(out[sp.sample_start : sp.sample_end], g.axis)[
+                    sp.row_start - sp.offset : sp.row_end - sp.offset
+                ]
+            b = self.blocks[name]
             if name not in self.matrices:
                 self.matrices[name] = self.xp.empty((b.count, g.cols), dtype=out.dtype)
-            self.matrices[name][r0 - b.start : r1 - b.start] = rows[r0 - offset : r1 - offset]
-            self._filled[name] += r1 - r0
+            self.matrices[name][sp.row_start - b.start : sp.row_end - b.start] = rows
+            self._filled[name] += sp.row_end - sp.row_start
 
     def complete(self) -> bool:
         """True once every block holds all its rows."""

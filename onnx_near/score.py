@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import perf_counter
@@ -19,19 +20,20 @@ import numpy as np
 import onnx
 
 from . import budget
+from .collect import collect
 from .config import ScoreConfig
 from .cost import count_macs
-from .erank import approximate_effective_rank, effective_ranks
-from .errors import InputDataError, NonFiniteMatrixError, NoTapsError, RunError
+from .errors import NonFiniteMatrixError, RunError
 from .graph import parameter_count
-from .inputs import DataArg, InputSpec, Source, check_data, elem_name, input_specs, read_data
+from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
 from .load import load_model
-from .matrices import Collector, Geometry, draw_blocks, geometry, window_samples
+from .plan import Plan, make_plan
+from .progress import Progress
 from .reinit import reinitialize
 from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
-from .rewrite import analyse, prepare
+from .rewrite import Cut, analyse, prepare
+from .routes import rank_matrices
 from .run import Runner
-from .taps import Tap
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +51,12 @@ class _Run:
     cfg: ScoreConfig
     name: str
     base_dir: Path
-    model: onnx.ModelProto | None  # the rewritten model, taps exposed: kept only to re-draw its weights
+    model: onnx.ModelProto | None  # the rewritten model: kept only to re-draw its weights
     params: int
     macs: int | None
-    specs: list[InputSpec]
     source: Source
     runner: Runner
-    outputs: list[str]
-    taps: list[Tap]
-    geoms: dict[str, Geometry]
-    groups: list[list[str]]  # taps run together; more than one when a sample's outputs exceed the budget
-    skipped: list[Skipped]
-    batch: int
-    static: int | None
-    samples: int
-    available: int | None
+    plan: Plan
     deadline: float | None
 
     @property
@@ -88,9 +81,18 @@ class _TapStats:
 
 
 def score(
-    model: str | os.PathLike[str], data: DataArg = None, config: ScoreConfig | None = None, **options: Any
+    model: str | os.PathLike[str],
+    data: DataArg = None,
+    config: ScoreConfig | None = None,
+    progress: Progress | None = None,
+    **options: Any,
 ) -> ScoreResult:
     """NEAR score of the ONNX model at ``model``.
+
+    The stages, in order: load and rewrite (taps exposed, their rows cut inside the graph),
+    the session and its probe pass, the frozen :class:`~onnx_near.plan.Plan`, then per
+    repetition: draw the rows, :func:`~onnx_near.collect.collect` them (one forward pass per
+    batch), :func:`~onnx_near.routes.rank_matrices`; finally the report.
 
     Args:
         model: path of an ``.onnx`` file (external data is read from its folder).
@@ -98,6 +100,7 @@ def score(
             None synthesises inputs (standard normal floats, token ids within the vocabulary).
         config: a :class:`ScoreConfig`; keyword ``options`` override its fields,
             e.g. ``score("m.onnx", repetitions=8, seed=0, rows="all")``.
+        progress: where to show progress (see :class:`onnx_near.progress.Progress`); None: nowhere.
 
     Returns:
         A :class:`ScoreResult`: total (mean over repetitions) with its standard deviation,
@@ -108,20 +111,25 @@ def score(
     run = _set_up(model, data, cfg, timings)
     xp = _array_module(run.runner.provider)
     rng = np.random.default_rng(cfg.seed)
-    stats = {t.tensor: _TapStats() for t in run.taps}
-    windows = [_repetition(run, rng, xp, stats, timings) for _ in range(cfg.repetitions)]
+    stats = {t.tensor: _TapStats() for t in run.plan.taps}
+    bar = progress or Progress.silent()
+    bar.start(run.name, cfg.repetitions, run.plan.samples, len(run.plan.taps))
+    try:
+        windows = [_repetition(run, rng, xp, stats, timings, bar, r) for r in range(cfg.repetitions)]
+    finally:
+        bar.finish()
     return _result(str(model), run, stats, windows, timings)
 
 
 def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timings: dict[str, float]) -> _Run:
-    """Load, check and rewrite the model, read the data, create the session, and learn each
-    tap's geometry from a probe pass of one sample; fix the window and the batch size."""
+    """Load, check and rewrite the model, read the data, create the session, and make the
+    plan from a probe pass of one batch (every window empty: only the taps' shapes come back)."""
     deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else None
     t0 = perf_counter()
     loaded = load_model(model)
     budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
     prepared = prepare(loaded, cfg.taps, cfg.axes)
-    index, plan = prepared.index, prepared.plan
+    index, taps = prepared.index, prepared.plan
     base_dir, name = loaded.base_dir, loaded.path.name
     del loaded  # the rewritten model is an independent copy: let the original's weights go
     arrays = read_data(data, index.graph_inputs)
@@ -133,8 +141,8 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     timings["load_rewrite"] += perf_counter() - t0
 
     t0 = perf_counter()
-    outputs = [t.tensor for t in plan.taps]
-    runner = Runner(prepared.model, base_dir, cfg.device, outputs, repr(name), cfg.threads, deadline)
+    cuts = prepared.cuts
+    runner = Runner(prepared.model, base_dir, cfg.device, _outputs(cuts), repr(name), cfg.threads, deadline)
     kept = prepared.model if cfg.reinit is not None else None
     del prepared, index  # onnxruntime has its own copy of the weights: let ours go before the runs
     timings["session"] += perf_counter() - t0
@@ -142,104 +150,56 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     t0 = perf_counter()
     static = source.static_batch
     probe_batch = static or 1
-    probe = runner.run(source.probe(probe_batch))
-    skipped = [Skipped(u.where, u.op, u.reason) for u in plan.untappable]
-    geoms: dict[str, Geometry] = {}
-    for tap in plan.taps:
-        out = probe[tap.tensor]
-        if out.dtype.kind != "f":
-            skipped.append(Skipped(tap.name, tap.op, f"its output is {out.dtype}, not floating point", tap.tensor))
-            continue
-        try:
-            geoms[tap.tensor] = geometry(out.shape, tap.axis, probe_batch)
-        except ValueError as e:
-            skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
-    if not geoms:
-        raise NoTapsError(
-            f"none of the {len(plan.taps)} taps of {name!r} can be made into a matrix: {skipped[-1].reason}"
-        )
-    sizes = {t: probe[t].nbytes / probe_batch for t in geoms}  # bytes of one sample's output, per tap
-    groups = budget.tap_groups(sizes, min(cfg.max_batch_bytes, cfg.max_memory // 4))
-    if len(groups) > 1:
-        log.info(
-            "one sample's tap outputs exceed the batch budget: the model runs %d times, a group of taps each",
-            len(groups),
-        )
-    per_sample = max(sum(sizes[t] for t in g) for g in groups)
-    available = source.n_samples
-    samples = window_samples(geoms, cfg.rows, available, cfg.samples)
-    _check_rows(cfg, geoms, samples, available)
-    budget.check_matrices(geoms, cfg.rows, samples, {t: probe[t].dtype.itemsize for t in geoms}, cfg.max_memory)
-    batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
-    if not static:
-        batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory)))
+    feeds = source.probe(probe_batch)
+    for c in cuts.values():
+        for b in c.bounds or ():
+            feeds[b] = np.zeros(1, dtype=np.int64)
+    probe = runner.run(feeds)
+    skipped = [Skipped(u.where, u.op, u.reason) for u in taps.untappable]
+    plan = make_plan(cfg, taps.taps, cuts, probe, probe_batch, skipped, source.n_samples, static, repr(name))
+    del probe
     timings["forward"] += perf_counter() - t0
-    taps = [t for t in plan.taps if t.tensor in geoms]
-    return _Run(
-        cfg,
-        name,
-        base_dir,
-        kept,
-        params,
-        macs,
-        specs,
-        source,
-        runner,
-        outputs,
-        taps,
-        geoms,
-        groups,
-        skipped,
-        batch,
-        static,
-        samples,
-        available,
-        deadline,
-    )
+    return _Run(cfg, name, base_dir, kept, params, macs, source, runner, plan, deadline)
+
+
+def _outputs(cuts: Mapping[str, Cut]) -> list[str]:
+    """Every output the runner may be asked for: each tap's shape and its rows."""
+    return [n for c in cuts.values() for n in (c.shape, c.output)]
 
 
 def _repetition(
-    run: _Run, rng: np.random.Generator, xp: Any, stats: dict[str, _TapStats], timings: dict[str, float]
+    run: _Run,
+    rng: np.random.Generator,
+    xp: Any,
+    stats: dict[str, _TapStats],
+    timings: dict[str, float],
+    bar: Progress,
+    repetition: int,
 ) -> int:
     """One repetition: fresh weights (if asked), a window of samples, each tap's block of
     rows, and their effective ranks.  Returns the window's first sample in the data."""
-    cfg = run.cfg
+    cfg, plan = run.cfg, run.plan
     if cfg.reinit is not None:  # fresh weights for every repetition, as the authors' code draws them
         t0 = perf_counter()
         assert run.model is not None  # kept when re-initialising
         weights = reinitialize(run.model, cfg.reinit, rng)
-        run.runner = Runner(weights, run.base_dir, cfg.device, run.outputs, run.label, cfg.threads, run.deadline)
+        run.runner = Runner(
+            weights, run.base_dir, cfg.device, _outputs(plan.cuts), run.label, cfg.threads, run.deadline
+        )
         timings["session"] += perf_counter() - t0
     t0 = perf_counter()
-    slack = (run.available - run.samples) if run.available is not None and cfg.rows != "all" else 0
-    start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-    blocks = draw_blocks(run.geoms, cfg.rows, run.samples, rng)
-    for tensor, b in blocks.items():
+    draw = plan.draw(rng)
+    for tensor, b in draw.blocks.items():
         stats[tensor].row_starts.append(b.start)
-    kept: dict[str, np.ndarray] = {}
-    need = Collector(run.geoms, blocks).samples_needed
-    state = rng.bit_generator.state  # every group runs the same samples (the same synthetic draws)
-    for group in run.groups:
-        rng.bit_generator.state = state
-        collector = Collector({t: run.geoms[t] for t in group}, {t: blocks[t] for t in group}, xp)
-        window = run.source.window(start, need, rng)
-        for lo in range(0, need, run.batch):
-            hi = min(lo + run.batch, need)
-            batch = window.batch(lo, hi, pad_to=run.static)  # drawn even when no tap needs it
-            needed = collector.needed(lo, hi)
-            if needed and _bind_outputs(xp):  # the tap tensors stay on the GPU
-                collector.add(lo, hi, run.runner.run_bound(batch, needed, xp))
-            elif needed:  # only the taps with rows in this batch are copied out of onnxruntime
-                collector.add(lo, hi, run.runner.run(batch, needed))
-        kept.update(collector.matrices)
+    kept = collect(plan, run.runner, run.source, draw, rng, xp, lambda done, total: bar.samples(repetition, done))
     timings["forward"] += perf_counter() - t0
 
     t0 = perf_counter()
     run.check_time()
-    matrices = [kept[t.tensor] for t in run.taps]
-    for t, m, (value, bound) in zip(
-        run.taps, matrices, _ranks(cfg, matrices, rng, xp, [t.rank_bound for t in run.taps])
-    ):
+    matrices = [kept[t.tensor] for t in plan.taps]
+    routes = [plan.routes[t.tensor] for t in plan.taps]
+    ranked = rank_matrices(matrices, routes, rng, xp, cfg.threads, lambda done: bar.ranked(repetition, done))
+    for t, m, (value, bound) in zip(plan.taps, matrices, ranked):
         st = stats[t.tensor]
         st.shape = (int(m.shape[0]), int(m.shape[1]))
         limits = SATURATING.get(t.op)
@@ -253,36 +213,7 @@ def _repetition(
         else:
             st.eranks.append(value)
     timings["erank"] += perf_counter() - t0
-    return start
-
-
-def _ranks(
-    cfg: ScoreConfig,
-    matrices: list[np.ndarray],
-    rng: np.random.Generator,
-    xp: Any,
-    bounds: list[int | None] | None = None,
-) -> list[tuple[float | NonFiniteMatrixError, float | None]]:
-    """Each matrix's effective rank (or its NaN/Inf error) and, when approximated, the bound.
-
-    ``bounds``: each matrix's structural rank bound (from its tap), used to pick the route."""
-    exact = effective_ranks(
-        [m if not _approximated(cfg, m) else m[:0, :0] for m in matrices],
-        xp,
-        workers=cfg.threads or None,
-        rank_bounds=bounds,
-    )
-    out: list[tuple[float | NonFiniteMatrixError, float | None]] = []
-    for m, value in zip(matrices, exact):
-        if not _approximated(cfg, m):
-            out.append((value, None))
-            continue
-        try:  # stochastic Lanczos quadrature; the bound is four standard errors
-            estimate, stderr = approximate_effective_rank(m, rng)
-            out.append((estimate, 4 * stderr))
-        except NonFiniteMatrixError as err:
-            out.append((err, None))
-    return out
+    return draw.start
 
 
 def _result(
@@ -291,7 +222,8 @@ def _result(
     """The report: per-tap means over the repetitions, and the totals."""
     cfg = run.cfg
     shapes = {t: st.shape for t, st in stats.items()}
-    warnings = _shape_warnings(cfg, run.taps, shapes, run.available)
+    plan = run.plan
+    warnings = _shape_warnings(cfg, list(plan.taps), shapes, plan.available)
     for w in warnings:
         log.warning(w)
     layers = tuple(
@@ -304,17 +236,17 @@ def _result(
             shape=st.shape,
             erank=_mean(st.eranks),
             erank_std=_std(st.eranks),
-            axis=run.geoms[t.tensor].axis,
+            axis=plan.geoms[t.tensor].axis,
             status="invalid" if st.invalid else "ok",
             reason=st.invalid,
             row_starts=tuple(st.row_starts),
             saturation=_mean(st.saturation) if st.saturation else None,
             erank_error=_mean(st.bounds) if st.bounds else None,
         )
-        for k, t in enumerate(run.taps)
+        for k, t in enumerate(plan.taps)
         for st in [stats[t.tensor]]
     )
-    totals = [sum(stats[t.tensor].eranks[r] for t in run.taps) for r in range(cfg.repetitions)]
+    totals = [sum(stats[t.tensor].eranks[r] for t in plan.taps) for r in range(cfg.repetitions)]
     timings["total"] = sum(timings.values())
     return ScoreResult(
         model=model,
@@ -330,7 +262,7 @@ def _result(
         macs=run.macs,
         window_starts=tuple(windows),
         layers=layers,
-        skipped=tuple(run.skipped),
+        skipped=plan.skipped,
         warnings=tuple(warnings),
         timings=timings,
     )
@@ -366,12 +298,6 @@ def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0
         return float(np.mean((m <= low + width) | (m >= high - width)))
 
 
-def _bind_outputs(xp: Any) -> bool:
-    """Whether tap outputs are taken through I/O binding: when the ranks run on the GPU, so
-    the tensors never leave it (on the CPU a plain run measured as fast)."""
-    return xp is not np
-
-
 def _array_module(provider: str) -> Any:
     """cupy when the session runs on CUDA and cupy is installed (the ranks then run on the
     GPU), numpy otherwise."""
@@ -383,23 +309,6 @@ def _array_module(provider: str) -> Any:
         log.info("CUDA runs the model, but cupy is not installed: effective ranks on the CPU")
         return np
     return cupy
-
-
-def _approximated(cfg: ScoreConfig, m: np.ndarray) -> bool:
-    return cfg.approx_above is not None and min(m.shape) >= cfg.approx_above
-
-
-def _check_rows(cfg: ScoreConfig, geoms: dict[str, Geometry], samples: int, available: int | None) -> None:
-    """An explicit row count the data cannot supply is an error (the square default only warns)."""
-    if not isinstance(cfg.rows, int) or available is None:
-        return
-    for name, g in geoms.items():
-        have = samples * g.rows_per_sample
-        if have < cfg.rows:
-            raise InputDataError(
-                f"--rows {cfg.rows} asks for {cfg.rows} rows per matrix, but the data's {available} samples give "
-                f"tap {name!r} only {have}; give more samples or fewer rows"
-            )
 
 
 def _shape_warnings(

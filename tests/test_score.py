@@ -265,21 +265,29 @@ def test_exporter_shape_quirks_do_not_stop_scoring(tmp_path: Path) -> None:
     assert quirky.scores == tidy.scores
 
 
-def test_tap_groups_when_one_sample_exceeds_the_batch_budget() -> None:
-    """With a budget smaller than one sample's tap outputs, the model runs once per group of
-    taps over the same samples: the scores are those of a single pass, bit for bit."""
-    whole = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2)
-    grouped = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, max_batch_bytes=6000)
-    assert grouped.scores == whole.scores
-    assert [l.erank for l in grouped.layers] == [l.erank for l in whole.layers]
+def test_one_forward_pass_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch of a repetition's window runs once, with every tap that has rows in it:
+    a budget smaller than one sample's tap tensors only makes the batches smaller (never a
+    pass per group of taps), and the scores are those of one big batch, bit for bit."""
+    from onnx_near import run
 
+    batches: list[int] = []
+    plain_run = run.Runner.run
 
-def test_tap_groups_split_in_order() -> None:
-    """Consecutive taps fill a group up to the limit; a tap larger than the limit stands alone."""
-    from onnx_near.budget import tap_groups
+    def counting(self: run.Runner, feeds: dict[str, np.ndarray], outputs: object = None) -> object:
+        batches.append(int(feeds["input"].shape[0]))
+        return plain_run(self, feeds, outputs)  # type: ignore[arg-type]
 
-    assert tap_groups({"a": 4, "b": 4, "c": 9, "d": 1}, 8) == [["a", "b"], ["c"], ["d"]]
-    assert tap_groups({"a": 1, "b": 2}, 100) == [["a", "b"]]
+    monkeypatch.setattr(run.Runner, "run", counting)
+    whole = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, batch_size=64)
+    assert batches == [1, 10, 10]  # the probe, then the window (10 samples, for the 10 logits) in one pass each
+    batches.clear()
+    small = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, max_batch_bytes=6000)
+    window = sum(batches[1:]) // 2
+    assert len(batches) - 1 == 2 * -(-window // max(batches[1:]))  # ceil(window / batch) passes a repetition
+    assert max(batches[1:]) < window
+    assert small.scores == whole.scores
+    assert [l.erank for l in small.layers] == [l.erank for l in whole.layers]
 
 
 def test_without_weights_keeps_everything_but_the_weights_data() -> None:
@@ -335,7 +343,7 @@ def test_bound_outputs_give_the_same_score(monkeypatch: pytest.MonkeyPatch) -> N
     """The I/O-binding path (used when the ranks run on the GPU), forced on the CPU: same result, bit for bit."""
     import importlib
 
-    score_module = importlib.import_module("onnx_near.score")
+    score_module = importlib.import_module("onnx_near.collect")
     path = Path(__file__).resolve().parents[1] / "models" / "cnn.onnx"
     plain = onnx_near.score(path, seed=3, repetitions=2)
     calls: list[int] = []
@@ -345,7 +353,7 @@ def test_bound_outputs_give_the_same_score(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append(1)
         return run_bound(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(score_module, "_bind_outputs", lambda xp: True)
+    monkeypatch.setattr(score_module, "bind_outputs", lambda xp: True)
     monkeypatch.setattr(score_module.Runner, "run_bound", spy)
     bound = onnx_near.score(path, seed=3, repetitions=2)
     assert calls and bound.scores == plain.scores

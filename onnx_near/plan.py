@@ -1,0 +1,153 @@
+"""The plan: everything a score decides before its first repetition runs (SPEC §3).
+
+From the probe pass (one batch through the rewritten model, every window empty) the plan
+learns each tap's shape and dtype and fixes, once: which taps become matrices and how they
+fold into rows (:class:`~onnx_near.matrices.Geometry`), how each tap's rows leave the graph
+(:class:`~onnx_near.rewrite.Cut`), the window of consecutive samples a repetition runs, the
+batch size of a forward pass, and each matrix's route (exact or approximate, with its
+structural rank bound).  A repetition then only draws its window's start and its blocks
+(:meth:`Plan.draw`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import budget
+from .config import ScoreConfig
+from .errors import InputDataError, NoTapsError
+from .matrices import Geometry, RowBlock, draw_blocks, geometry, window_samples
+from .report import Skipped
+from .rewrite import Cut
+from .taps import Tap
+
+# A forward pass holds, besides the outputs asked for, the activations still to be read: taken
+# as this many of the largest tap tensors of one sample (a layer's input, its output and a
+# residual branch; measured on ResNet-50 and BERT, see README "Performance").
+LIVE_TENSORS = 4
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one matrix's effective rank is computed."""
+
+    approximate: bool  # stochastic Lanczos quadrature (``--approx-above``) instead of exact
+    rank_bound: int | None  # structural rank bound from the graph (see taps.structural_rank)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one repetition draws: the window's first sample in the data and each tap's rows."""
+
+    start: int
+    blocks: Mapping[str, RowBlock]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The frozen plan of one score."""
+
+    taps: tuple[Tap, ...]  # the taps that become matrices, in graph order
+    geoms: Mapping[str, Geometry]
+    cuts: Mapping[str, Cut]
+    routes: Mapping[str, Route]
+    skipped: tuple[Skipped, ...]
+    rows: object  # ScoreConfig.rows
+    samples: int  # consecutive samples one repetition runs
+    available: int | None  # samples in the user's data (None: synthetic)
+    batch: int  # samples per forward pass
+    static: int | None  # the batch size the model fixes, if any
+
+    @property
+    def cut_taps(self) -> dict[str, tuple[str, str, str, str]]:
+        """Per cut tap, the names of its four bound inputs."""
+        return {t: c.bounds for t, c in self.cuts.items() if c.bounds is not None}
+
+    def output_of(self, tap: str) -> str:
+        """The graph output that carries ``tap``'s rows (its cut-out, or the tap itself)."""
+        return self.cuts[tap].output
+
+    def draw(self, rng: np.random.Generator) -> Draw:
+        """A repetition's window start (when the data holds more samples than it needs) and blocks."""
+        slack = (self.available - self.samples) if self.available is not None and self.rows != "all" else 0
+        start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
+        return Draw(start, draw_blocks(self.geoms, self.rows, self.samples, rng))  # type: ignore[arg-type]
+
+
+def make_plan(
+    cfg: ScoreConfig,
+    taps: tuple[Tap, ...],
+    cuts: Mapping[str, Cut],
+    probe: Mapping[str, np.ndarray],
+    probe_batch: int,
+    skipped: list[Skipped],
+    available: int | None,
+    static: int | None,
+    label: str,
+) -> Plan:
+    """The plan from the probe pass's outputs (each tap's shape output and its empty or whole rows)."""
+    geoms: dict[str, Geometry] = {}
+    itemsize: dict[str, int] = {}
+    skipped = list(skipped)
+    for tap in taps:
+        c = cuts[tap.tensor]
+        out = probe[c.output]
+        if out.dtype.kind != "f":
+            skipped.append(Skipped(tap.name, tap.op, f"its output is {out.dtype}, not floating point", tap.tensor))
+            continue
+        shape = tuple(int(d) for d in probe[c.shape])
+        try:
+            geoms[tap.tensor] = geometry(shape, tap.axis, probe_batch)
+        except ValueError as e:
+            skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
+            continue
+        itemsize[tap.tensor] = out.dtype.itemsize
+    if not geoms:
+        raise NoTapsError(f"none of the {len(taps)} taps of {label} can be made into a matrix: {skipped[-1].reason}")
+    samples = window_samples(geoms, cfg.rows, available, cfg.samples)
+    _check_rows(cfg, geoms, samples, available)
+    budget.check_matrices(geoms, cfg.rows, samples, itemsize, cfg.max_memory)
+    per_sample = _forward_bytes(geoms, itemsize, cuts)
+    batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
+    if not static:
+        batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory), samples))
+    kept = tuple(t for t in taps if t.tensor in geoms)
+    routes = {t.tensor: _route(cfg, geoms[t.tensor], samples, t.rank_bound) for t in kept}
+    return Plan(kept, geoms, dict(cuts), routes, tuple(skipped), cfg.rows, samples, available, batch, static)
+
+
+def _forward_bytes(geoms: Mapping[str, Geometry], itemsize: Mapping[str, int], cuts: Mapping[str, Cut]) -> float:
+    """Bytes one sample costs a forward pass: the live activations (``LIVE_TENSORS`` of the
+    largest taps) and every tap onnxruntime returns whole; cut taps return matrix rows only,
+    which the matrices' own budget already counts."""
+    size = {t: g.rows_per_sample * g.cols * itemsize[t] for t, g in geoms.items()}
+    live = sum(heapq.nlargest(LIVE_TENSORS, size.values()))
+    whole = sum(v for t, v in size.items() if not cuts[t].cut)
+    return float(live + whole)
+
+
+def _route(cfg: ScoreConfig, g: Geometry, samples: int, bound: int | None) -> Route:
+    total = samples * g.rows_per_sample
+    rows = total if cfg.rows == "all" else min(total, g.cols if cfg.rows == "square" else int(cfg.rows))
+    approximate = cfg.approx_above is not None and min(rows, g.cols) >= cfg.approx_above
+    return Route(approximate, bound)
+
+
+def _check_rows(cfg: ScoreConfig, geoms: Mapping[str, Geometry], samples: int, available: int | None) -> None:
+    """An explicit row count the data cannot supply is an error (the square default only warns)."""
+    if not isinstance(cfg.rows, int) or available is None:
+        return
+    for name, g in geoms.items():
+        have = samples * g.rows_per_sample
+        if have < cfg.rows:
+            raise InputDataError(
+                f"--rows {cfg.rows} asks for {cfg.rows} rows per matrix, but the data's {available} samples give "
+                f"tap {name!r} only {have}; give more samples or fewer rows"
+            )
+
+
+__all__ = ["LIVE_TENSORS", "Draw", "Plan", "Route", "make_plan"]
