@@ -41,7 +41,8 @@ class ScoreConfig:
             onnx-near sets itself when the model leaves it dynamic.
         axes: per tap tensor (or tap name), the feature axis to use instead of the inferred one.
         batch_size: samples per forward pass; ``None`` picks it from ``max_batch_bytes``.
-        max_batch_bytes: memory budget for the tap outputs of one forward pass.
+        max_batch_bytes: memory budget of one forward pass: the activations it holds live (about
+            four of the largest tap tensors of a sample) and any tap returned whole; sets the batch size.
         samples: number of synthetic samples when ``rows="all"`` and no data is given.
         reinit: re-draw the layer weights with this scheme (see :mod:`onnx_near.reinit`)
             before each repetition, as the authors' code does; None keeps the model's weights.

@@ -27,7 +27,8 @@ from .taps import Tap
 
 # A forward pass holds, besides the outputs asked for, the activations still to be read: taken
 # as this many of the largest tap tensors of one sample (a layer's input, its output and a
-# residual branch; measured on ResNet-50 and BERT, see README "Performance").
+# residual branch).  Measured on ResNet-50 at 224²: onnxruntime's resident memory grew by
+# 13 MiB a sample from a batch of 1 to 32; its four largest taps take 12.3 MiB a sample.
 LIVE_TENSORS = 4
 
 
