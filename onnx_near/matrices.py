@@ -136,9 +136,11 @@ class Span:
 class Collector:
     """Keeps, per tap, only the rows of its block as batches of outputs stream past.
 
-    A tap is either *cut* in the graph (``cut_taps``: onnxruntime returns the block's rows of
-    each batch, given the bounds :meth:`feeds` computes) or returned whole (its rows are then
-    cut out here).  Either way each matrix gets the same rows, bit for bit.
+    A tap is either *cut* in the graph (``cut_taps``: onnxruntime writes the block's rows of
+    each batch straight into the matrix — :meth:`targets` gives the rows to write, :meth:`feeds`
+    the bounds that select them) or returned whole (:meth:`add` cuts its rows out here).
+    Either way each matrix gets the same rows, bit for bit.  With ``dtypes`` every matrix is
+    allocated at once; otherwise on its first rows.
     """
 
     def __init__(
@@ -147,12 +149,17 @@ class Collector:
         blocks: Mapping[str, RowBlock],
         xp: Any = np,
         cut_taps: Mapping[str, tuple[str, str, str, str]] | None = None,
+        dtypes: Mapping[str, Any] | None = None,
     ):
         self.geoms = geoms
         self.blocks = blocks
         self.xp = xp  # the array module of the outputs and of the matrices (numpy or cupy)
-        self.cut_taps = dict(cut_taps or {})  # tap → names of its four bound inputs
+        self.cut_taps = {t: b for t, b in (cut_taps or {}).items() if t in geoms}  # tap → its bound inputs
+        self._unused = {t: b for t, b in (cut_taps or {}).items() if t not in geoms}  # fed, never read
         self.matrices: dict[str, Any] = {}
+        if dtypes is not None:
+            for name, g in geoms.items():
+                self.matrices[name] = xp.empty((blocks[name].count, g.cols), dtype=dtypes[name])
         self._filled = {name: 0 for name in geoms}
 
     @property
@@ -184,8 +191,8 @@ class Collector:
     def feeds(self, lo: int, hi: int, ran: int) -> dict[str, np.ndarray]:
         """The bound inputs of every cut tap for this batch (empty ranges for taps it does not need)."""
         out: dict[str, np.ndarray] = {}
-        for name, names in self.cut_taps.items():
-            sp = self.span(name, lo, hi, ran) if name in self.geoms else None
+        for name, names in {**self.cut_taps, **self._unused}.items():
+            sp = self.span(name, lo, hi, ran) if name in self.cut_taps else None
             values = (
                 (0, 0, 0, 0)
                 if sp is None
@@ -195,24 +202,35 @@ class Collector:
                 out[n] = np.array([v], dtype=np.int64)
         return out
 
-    def add(self, lo: int, hi: int, outputs: Mapping[str, Any], ran: int | None = None) -> None:
-        """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs:
-        the block's rows for a cut tap, the whole tensor for the others."""
-        ran = hi - lo if ran is None else ran
-        for name, g in self.geoms.items():
+    def targets(self, lo: int, hi: int, ran: int) -> dict[str, Any]:
+        """For each cut tap with rows in this batch, the rows of its matrix they go to (a
+        contiguous view, for onnxruntime to write into); counted as filled."""
+        out: dict[str, Any] = {}
+        for name in self.cut_taps:
             sp = self.span(name, lo, hi, ran)
             if sp is None:
                 continue
-            out = outputs[name]
+            b = self.blocks[name]
+            out[name] = self.matrices[name][sp.row_start - b.start : sp.row_end - b.start]
+            self._filled[name] += sp.row_end - sp.row_start
+        return out
+
+    def add(self, lo: int, hi: int, outputs: Mapping[str, Any], ran: int | None = None) -> None:
+        """Take the rows of samples ``lo .. hi`` (window indices) from one batch of outputs:
+        the whole tensor of a tap that is not cut, the block's rows of one that is."""
+        ran = hi - lo if ran is None else ran
+        for name, out in outputs.items():
+            sp = self.span(name, lo, hi, ran)
+            if sp is None:
+                continue
             if name in self.cut_taps:
                 rows = out
             else:
-                rows = to_rows(out[sp.sample_start : sp.sample_end], g.axis)[
-                    sp.row_start - sp.offset : sp.row_end - sp.offset
-                ]
+                rows = to_rows(out[sp.sample_start : sp.sample_end], self.geoms[name].axis)
+                rows = rows[sp.row_start - sp.offset : sp.row_end - sp.offset]
             b = self.blocks[name]
             if name not in self.matrices:
-                self.matrices[name] = self.xp.empty((b.count, g.cols), dtype=out.dtype)
+                self.matrices[name] = self.xp.empty((b.count, self.geoms[name].cols), dtype=out.dtype)
             self.matrices[name][sp.row_start - b.start : sp.row_end - b.start] = rows
             self._filled[name] += sp.row_end - sp.row_start
 

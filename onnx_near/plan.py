@@ -54,6 +54,7 @@ class Plan:
 
     taps: tuple[Tap, ...]  # the taps that become matrices, in graph order
     geoms: Mapping[str, Geometry]
+    dtypes: Mapping[str, np.dtype]  # each tap's element type (of its matrix)
     cuts: Mapping[str, Cut]
     routes: Mapping[str, Route]
     skipped: tuple[Skipped, ...]
@@ -93,6 +94,7 @@ def make_plan(
     """The plan from the probe pass's outputs (each tap's shape output and its empty or whole rows)."""
     geoms: dict[str, Geometry] = {}
     itemsize: dict[str, int] = {}
+    dtypes: dict[str, np.dtype] = {}
     skipped = list(skipped)
     for tap in taps:
         c = cuts[tap.tensor]
@@ -107,6 +109,7 @@ def make_plan(
             skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
             continue
         itemsize[tap.tensor] = out.dtype.itemsize
+        dtypes[tap.tensor] = out.dtype
     if not geoms:
         raise NoTapsError(f"none of the {len(taps)} taps of {label} can be made into a matrix: {skipped[-1].reason}")
     samples = window_samples(geoms, cfg.rows, available, cfg.samples)
@@ -118,7 +121,7 @@ def make_plan(
         batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory), samples))
     kept = tuple(t for t in taps if t.tensor in geoms)
     routes = {t.tensor: _route(cfg, geoms[t.tensor], samples, t.rank_bound) for t in kept}
-    return Plan(kept, geoms, dict(cuts), routes, tuple(skipped), cfg.rows, samples, available, batch, static)
+    return Plan(kept, geoms, dtypes, dict(cuts), routes, tuple(skipped), cfg.rows, samples, available, batch, static)
 
 
 def _forward_bytes(geoms: Mapping[str, Geometry], itemsize: Mapping[str, int], cuts: Mapping[str, Cut]) -> float:

@@ -44,3 +44,38 @@ def test_rows_cut_in_the_graph_give_the_same_scores(monkeypatch: pytest.MonkeyPa
         got = np.array([l.erank for l in cut.layers])  # type: ignore[attr-defined]
         want = np.array([l.erank for l in whole.layers])  # type: ignore[attr-defined]
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"rows={rows}")
+
+
+def test_onnxruntime_writes_the_rows_into_the_matrix(tmp_path: Path) -> None:
+    """run_into: the cut rows land in a view of a larger matrix, nothing else is touched."""
+    import onnx
+    from graphs import Graph
+
+    from onnx_near.load import load_model
+    from onnx_near.run import Runner
+
+    g = Graph()
+    g.output(g.op("Relu", g.op("Gemm", g.input("x", ["N", 5]), g.weight(5, 4))), ["N", 4])
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(), str(path))
+    prepared = rewrite.prepare(load_model(path))
+    relu = prepared.cuts[next(t.tensor for t in prepared.plan.taps if t.op == "Relu")]
+    assert relu.cut
+    runner = Runner(prepared.model, tmp_path, "cpu", [c.output for c in prepared.cuts.values()])
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    whole = np.maximum(x @ np.asarray(_weight(prepared.model)), 0)
+    matrix = np.full((10, 4), -1.0, dtype=np.float32)
+    feeds: dict[str, np.ndarray] = {"x": x}
+    for c in prepared.cuts.values():
+        for name, v in zip(c.bounds or (), (1, 5, 1, 3)):  # samples 1..5 of the batch, then rows 1..3 of those
+            feeds[name] = np.array([v], dtype=np.int64)
+    runner.run_into(feeds, {c.output: matrix[4:6] for c in prepared.cuts.values() if c is relu})
+    np.testing.assert_array_equal(matrix[4:6], whole[2:4])
+    assert (matrix[:4] == -1).all() and (matrix[6:] == -1).all()
+
+
+def _weight(model: object) -> np.ndarray:
+    from onnx import numpy_helper
+
+    (w,) = [numpy_helper.to_array(t) for t in model.graph.initializer if t.dims and list(t.dims) == [5, 4]]  # type: ignore[attr-defined]
+    return w

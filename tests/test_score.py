@@ -272,13 +272,18 @@ def test_one_forward_pass_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     from onnx_near import run
 
     batches: list[int] = []
-    plain_run = run.Runner.run
+    plain_run, plain_run_into = run.Runner.run, run.Runner.run_into
 
-    def counting(self: run.Runner, feeds: dict[str, np.ndarray], outputs: object = None) -> object:
+    def counting(self: run.Runner, feeds: dict[str, np.ndarray], *args: object) -> object:
         batches.append(int(feeds["input"].shape[0]))
-        return plain_run(self, feeds, outputs)  # type: ignore[arg-type]
+        return plain_run(self, feeds, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(run.Runner, "run", counting)
+    def counting_into(self: run.Runner, feeds: dict[str, np.ndarray], *args: object) -> object:
+        batches.append(int(feeds["input"].shape[0]))
+        return plain_run_into(self, feeds, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run.Runner, "run", counting)  # the probe
+    monkeypatch.setattr(run.Runner, "run_into", counting_into)  # the batches
     whole = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, batch_size=64)
     assert batches == [1, 10, 10]  # the probe, then the window (10 samples, for the 10 logits) in one pass each
     batches.clear()
@@ -337,27 +342,6 @@ def test_session_optimisation_level_follows_the_weights(monkeypatch: pytest.Monk
         runner = run.Runner(model, tmp_path, "cpu", [model.graph.output[0].name])
         levels.append(runner.session.get_session_options().graph_optimization_level)
     assert levels == [ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED]
-
-
-def test_bound_outputs_give_the_same_score(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The I/O-binding path (used when the ranks run on the GPU), forced on the CPU: same result, bit for bit."""
-    import importlib
-
-    score_module = importlib.import_module("onnx_near.collect")
-    path = Path(__file__).resolve().parents[1] / "models" / "cnn.onnx"
-    plain = onnx_near.score(path, seed=3, repetitions=2)
-    calls: list[int] = []
-    run_bound = score_module.Runner.run_bound
-
-    def spy(self: object, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return run_bound(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(score_module, "bind_outputs", lambda xp: True)
-    monkeypatch.setattr(score_module.Runner, "run_bound", spy)
-    bound = onnx_near.score(path, seed=3, repetitions=2)
-    assert calls and bound.scores == plain.scores
-    assert [l.erank for l in bound.layers] == [l.erank for l in plain.layers]
 
 
 def test_device_array_views_onnxruntime_memory_without_a_copy() -> None:
