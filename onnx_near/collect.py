@@ -47,7 +47,11 @@ def collect(
         if into or whole:
             feeds.update(collector.feeds(lo, hi, ran))
             targets = {plan.output_of(t): rows for t, rows in into.items()}
-            got = runner.run_into(feeds, targets, [plan.output_of(t) for t in whole], xp)
+            names = [plan.output_of(t) for t in whole]
+            if targets or xp is not np:  # bound: cut rows into the matrices, the rest where it ran
+                got = runner.run_into(feeds, targets, names, xp)
+            else:  # only whole taps, on the CPU: a plain run (binding costs more for small models)
+                got = runner.run(feeds, names)
             collector.add(lo, hi, {t: got[plan.output_of(t)] for t in whole}, ran)
         if progress is not None:
             progress(hi, need)

@@ -102,7 +102,7 @@ def make_plan(
         if out.dtype.kind != "f":
             skipped.append(Skipped(tap.name, tap.op, f"its output is {out.dtype}, not floating point", tap.tensor))
             continue
-        shape = tuple(int(d) for d in probe[c.shape])
+        shape = tuple(int(d) for d in probe[c.shape]) if c.shape is not None else tuple(out.shape)
         try:
             geoms[tap.tensor] = geometry(shape, tap.axis, probe_batch)
         except ValueError as e:

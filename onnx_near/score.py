@@ -163,8 +163,8 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
 
 
 def _outputs(cuts: Mapping[str, Cut]) -> list[str]:
-    """Every output the runner may be asked for: each tap's shape and its rows."""
-    return [n for c in cuts.values() for n in (c.shape, c.output)]
+    """Every output the runner may be asked for: each tap's rows, and a cut tap's shape."""
+    return [n for c in cuts.values() for n in (c.shape, c.output) if n is not None]
 
 
 def _repetition(

@@ -47,7 +47,8 @@ def test_rows_cut_in_the_graph_give_the_same_scores(monkeypatch: pytest.MonkeyPa
 
 
 def test_onnxruntime_writes_the_rows_into_the_matrix(tmp_path: Path) -> None:
-    """run_into: the cut rows land in a view of a larger matrix, nothing else is touched."""
+    """run_into: the cut rows (samples 1..5 of the batch, rows 1..3 of those) land in a view of
+    a larger matrix, and nothing else of it is touched."""
     import onnx
     from graphs import Graph
 
@@ -55,22 +56,22 @@ def test_onnxruntime_writes_the_rows_into_the_matrix(tmp_path: Path) -> None:
     from onnx_near.run import Runner
 
     g = Graph()
-    g.output(g.op("Relu", g.op("Gemm", g.input("x", ["N", 5]), g.weight(5, 4))), ["N", 4])
+    g.output(g.op("Relu", g.op("MatMul", g.input("x", ["N", 3, 5]), g.weight(5, 4))), ["N", 3, 4])  # a sequence
     path = tmp_path / "m.onnx"
     onnx.save(g.model(), str(path))
     prepared = rewrite.prepare(load_model(path))
     relu = prepared.cuts[next(t.tensor for t in prepared.plan.taps if t.op == "Relu")]
     assert relu.cut
     runner = Runner(prepared.model, tmp_path, "cpu", [c.output for c in prepared.cuts.values()])
-    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
-    whole = np.maximum(x @ np.asarray(_weight(prepared.model)), 0)
+    x = np.random.default_rng(0).standard_normal((6, 3, 5)).astype(np.float32)
+    whole = np.maximum(x @ np.asarray(_weight(prepared.model)), 0).reshape(6 * 3, 4)  # rows: sample by sample
     matrix = np.full((10, 4), -1.0, dtype=np.float32)
     feeds: dict[str, np.ndarray] = {"x": x}
     for c in prepared.cuts.values():
         for name, v in zip(c.bounds or (), (1, 5, 1, 3)):  # samples 1..5 of the batch, then rows 1..3 of those
             feeds[name] = np.array([v], dtype=np.int64)
     runner.run_into(feeds, {c.output: matrix[4:6] for c in prepared.cuts.values() if c is relu})
-    np.testing.assert_array_equal(matrix[4:6], whole[2:4])
+    np.testing.assert_array_equal(matrix[4:6], whole[3 * 1 + 1 : 3 * 1 + 3])
     assert (matrix[:4] == -1).all() and (matrix[6:] == -1).all()
 
 
@@ -79,3 +80,24 @@ def _weight(model: object) -> np.ndarray:
 
     (w,) = [numpy_helper.to_array(t) for t in model.graph.initializer if t.dims and list(t.dims) == [5, 4]]  # type: ignore[attr-defined]
     return w
+
+
+def test_feature_maps_are_cut_and_plain_matrices_come_back_whole() -> None:
+    """The CNN's convolutional taps (N×C×H×W) are cut in the graph; its logits (N×10), already
+    a matrix of samples, come back whole (cutting them would only add nodes)."""
+    from onnx_near.load import load_model
+
+    prepared = rewrite.prepare(load_model(Path(__file__).resolve().parents[1] / "models" / "cnn.onnx"))
+    cut = {t.op: prepared.cuts[t.tensor].cut for t in prepared.plan.taps}
+    assert cut == {"Conv": True, "BatchNormalization": True, "Relu": True, "Gemm": False}
+    old = rewrite.CUT_MIN_OPSET
+    try:
+        rewrite.CUT_MIN_OPSET = 10**6
+        assert not any(
+            c.cut
+            for c in rewrite.prepare(
+                load_model(Path(__file__).resolve().parents[1] / "models" / "cnn.onnx")
+            ).cuts.values()
+        )
+    finally:
+        rewrite.CUT_MIN_OPSET = old
