@@ -39,6 +39,53 @@ class InputSpec:
     sample_shape: tuple[int, ...]
     static_batch: int | None
     vocab: int | None  # for integer inputs read by an embedding table
+    companion: str | None = None  # "mask", "token_type" or "position": filled by convention (COMPANIONS)
+
+
+# The conventional companions of token inputs, recognised by the exporters' names, and what
+# they are filled with when the data does not give them (SPEC §5): an attention mask of
+# ones (every token attends), token-type ids of zeros (one segment), position ids 0…T−1.
+COMPANIONS = {
+    "mask": ("all ones (every token attends)", ("attention_mask", "input_mask", "padding_mask")),
+    "token_type": ("all zeros (one segment)", ("token_type_ids", "segment_ids", "token_type")),
+    "position": ("0…T−1 along the sequence", ("position_ids", "positions")),
+}
+
+
+def companion_kind(name: str, dtype: np.dtype) -> str | None:
+    """Which conventional companion of token inputs the input ``name`` is, if any."""
+    low = name.lower().replace("-", "_").replace(".", "_")
+    for kind, (_, names) in COMPANIONS.items():
+        if low in names or any(low.endswith("_" + n) or low.endswith("/" + n) for n in names):
+            if kind == "mask" and dtype.kind in "biuf":
+                return kind
+            if dtype.kind in "iu":
+                return kind
+    return None
+
+
+def companions(index: GraphIndex) -> dict[str, str]:
+    """The model's inputs that are conventional companions of token ids, by kind."""
+    out: dict[str, str] = {}
+    for name in index.graph_inputs:
+        elem = index.elem_type(name)
+        if not elem:
+            continue
+        kind = companion_kind(name, np.dtype(helper.tensor_dtype_to_np_dtype(elem)))
+        if kind is not None:
+            out[name] = kind
+    return out
+
+
+def fill_companion(spec: InputSpec, n: int) -> np.ndarray:
+    """``n`` samples of a companion input, by its convention (no randomness)."""
+    shape = (n, *spec.sample_shape)
+    if spec.companion == "mask":
+        return np.ones(shape, dtype=spec.dtype)
+    if spec.companion == "position":
+        length = shape[-1] if len(shape) > 1 else 1
+        return np.broadcast_to(np.arange(length, dtype=spec.dtype), shape).copy()
+    return np.zeros(shape, dtype=spec.dtype)
 
 
 def input_specs(
@@ -51,6 +98,7 @@ def input_specs(
     naming the input when a dimension cannot be resolved.
     """
     names = index.graph_inputs
+    symbols = _symbol_sizes(index, data)
     unknown = sorted(set(shapes) - set(names))
     if unknown:
         raise InputDataError(f"--shape names input {unknown[0]!r}, but the model's inputs are {_listing(names)}")
@@ -64,6 +112,9 @@ def input_specs(
         dims = index.dims(name)
         given = shapes.get(name)
         arr = data.get(name) if data is not None else None
+        kind = companion_kind(name, dtype)
+        if arr is None and kind is not None and dims is not None and data is not None:
+            dims = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
         if dims is None:
             dims = list(given) if given is not None else ([None] * arr.ndim if arr is not None else None)
             if dims is None:
@@ -99,8 +150,20 @@ def input_specs(
         b = dims[0]
         static_batch = b if isinstance(b, int) and b > 0 else None
         vocab = _vocab(index, name) if dtype.kind in "iu" else None
-        specs.append(InputSpec(name, dtype, tuple(sample), static_batch, vocab))
+        filled = kind if (data is None or arr is None) else None
+        specs.append(InputSpec(name, dtype, tuple(sample), static_batch, vocab, filled))
     return specs
+
+
+def _symbol_sizes(index: GraphIndex, data: Mapping[str, np.ndarray] | None) -> dict[str, int]:
+    """The size the user's data gives each symbolic dimension (e.g. a sequence length)."""
+    sizes: dict[str, int] = {}
+    for name, arr in (data or {}).items():
+        dims = index.dims(name) or []
+        for d, n in zip(dims, arr.shape):
+            if isinstance(d, str):
+                sizes.setdefault(d, int(n))
+    return sizes
 
 
 def _vocab(index: GraphIndex, name: str) -> int | None:
@@ -126,8 +189,11 @@ def _vocab(index: GraphIndex, name: str) -> int | None:
     return min(sizes) if sizes else None
 
 
-def read_data(data: DataArg, input_names: list[str]) -> dict[str, np.ndarray] | None:
-    """Read the user's data into arrays keyed by input name (no checks against shapes yet)."""
+def read_data(data: DataArg, input_names: list[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+    """Read the user's data into arrays keyed by input name (no checks against shapes yet).
+
+    The inputs in ``optional`` (companions of token ids) may be missing: they are filled by
+    convention."""
     if data is None:
         return None
     if isinstance(data, np.ndarray):
@@ -137,19 +203,23 @@ def read_data(data: DataArg, input_names: list[str]) -> dict[str, np.ndarray] | 
     else:
         arrays = _read_file(Path(data))
     if "" in arrays:
-        if len(input_names) != 1:
+        required = [n for n in input_names if n not in optional]
+        if len(input_names) != 1 and len(required) == 1:
+            arrays = {required[0]: arrays[""]}
+        elif len(input_names) != 1:
             raise InputDataError(
                 f"the data is a single array, but the model has {len(input_names)} inputs {_listing(input_names)}; "
                 "give an .npz file keyed by input name"
             )
-        arrays = {input_names[0]: arrays[""]}
+        else:
+            arrays = {input_names[0]: arrays[""]}
     for k in arrays:
         if k not in input_names:
             raise InputDataError(
                 f"the data holds an array named {k!r}, but the model's inputs are {_listing(input_names)}"
             )
     for k in input_names:
-        if k not in arrays:
+        if k not in arrays and k not in optional:
             raise InputDataError(f"the data has no array for input {k!r}; it holds {_listing(sorted(arrays))}")
     counts = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(counts.values())) > 1:
@@ -179,6 +249,8 @@ def check_data(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict
     """Check dtypes and values of the user's data and cast it to what the model declares."""
     out: dict[str, np.ndarray] = {}
     for s in specs:
+        if s.name not in arrays:  # a companion filled by convention
+            continue
         a = arrays[s.name]
         kind, want = a.dtype.kind, s.dtype.kind
         if kind not in "biuf":
@@ -217,6 +289,8 @@ class Source:
         self.arrays = arrays
         if arrays is None:
             for s in specs:
+                if s.companion is not None:
+                    continue
                 if s.dtype.kind in "iu" and s.vocab is None:
                     raise InputDataError(
                         f"input {s.name!r} holds integers and no embedding table reads it, so their range is "
@@ -235,6 +309,15 @@ class Source:
         return int(next(iter(self.arrays.values())).shape[0])
 
     @property
+    def filled(self) -> list[str]:
+        """One sentence per input filled by convention, for the report."""
+        return [
+            f"input {s.name!r} was not given: {COMPANIONS[s.companion][0]}"
+            for s in self.specs
+            if s.companion is not None and (self.arrays is None or s.name not in self.arrays)
+        ]
+
+    @property
     def static_batch(self) -> int | None:
         """The batch size the model fixes, if it fixes one."""
         return next((s.static_batch for s in self.specs if s.static_batch), None)
@@ -244,9 +327,14 @@ class Source:
         if self.arrays is not None:
             return {
                 s.name: _pad(np.asarray(self.arrays[s.name][:batch]), batch).astype(s.dtype, copy=False)
+                if s.name in self.arrays
+                else fill_companion(s, batch)
                 for s in self.specs
             }
-        return {s.name: np.zeros((batch, *s.sample_shape), dtype=s.dtype) for s in self.specs}
+        return {
+            s.name: fill_companion(s, batch) if s.companion else np.zeros((batch, *s.sample_shape), dtype=s.dtype)
+            for s in self.specs
+        }
 
     def window(self, start: int, count: int, rng: np.random.Generator) -> Window:
         """Samples ``start .. start+count`` of the data, or ``count`` fresh synthetic ones."""
@@ -267,7 +355,9 @@ class Window:
         self._next = hi
         feeds: dict[str, np.ndarray] = {}
         for s in self.source.specs:
-            if self.source.arrays is not None:
+            if s.companion is not None and (self.source.arrays is None or s.name not in self.source.arrays):
+                a = fill_companion(s, hi - lo)
+            elif self.source.arrays is not None:
                 a = np.asarray(self.source.arrays[s.name][self.start + lo : self.start + hi]).astype(
                     s.dtype, copy=False
                 )

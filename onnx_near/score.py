@@ -25,7 +25,7 @@ from .config import ScoreConfig
 from .cost import count_macs
 from .errors import NonFiniteMatrixError, RunError
 from .graph import parameter_count
-from .inputs import DataArg, Source, check_data, elem_name, input_specs, read_data
+from .inputs import DataArg, Source, check_data, companions, elem_name, input_specs, read_data
 from .load import load_model
 from .plan import Plan, make_plan
 from .progress import Progress
@@ -132,7 +132,7 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     index, taps = prepared.index, prepared.plan
     base_dir, name = loaded.base_dir, loaded.path.name
     del loaded  # the rewritten model is an independent copy: let the original's weights go
-    arrays = read_data(data, index.graph_inputs)
+    arrays = read_data(data, index.graph_inputs, list(companions(index)))
     specs = input_specs(index, cfg.shapes, arrays)
     budget.check_inputs(specs, cfg.max_memory)
     source = Source(specs, check_data(arrays, specs) if arrays is not None else None)
@@ -226,6 +226,9 @@ def _result(
     warnings = _shape_warnings(cfg, list(plan.taps), shapes, plan.available)
     for w in warnings:
         log.warning(w)
+    for note in run.source.filled:  # said in the report, not a warning on stderr
+        log.info(note)
+    warnings = [*run.source.filled, *warnings]
     layers = tuple(
         LayerScore(
             index=k,
