@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -271,9 +272,15 @@ def _fmt(x: float) -> str:
 
 
 def _dims(s: tuple[int | str | None, ...] | None) -> str:
+    """Declared dims for a table: sizes, short symbolic names (``N``, ``batch``, ``seq_len``);
+    an unknown size or a name an exporter made up (``LayerNormalizationonnx::Gather_1426_dim_0``)
+    shows as ``?``."""
     if s is None:
         return "?"
-    return "×".join("?" if d is None else str(d) for d in s)
+    return "×".join(str(d) if isinstance(d, int) or (isinstance(d, str) and _READABLE.fullmatch(d)) else "?" for d in s)
+
+
+_READABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,15}")
 
 
 def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:

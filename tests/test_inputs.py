@@ -57,3 +57,12 @@ def test_a_token_model_scores_without_data(tmp_path: Path) -> None:
     assert r.score > 0 and len([w for w in r.warnings if "was not given" in w]) == 3
     zeros = {"input_ids": np.zeros((8, T), np.int64), "attention_mask": np.zeros((8, T), np.int64)}
     assert onnx_near.score(path, data=zeros).score == 0.0  # a zero mask zeroes every activation
+
+
+def test_made_up_symbolic_dims_show_as_unknown() -> None:
+    """The layers table shows N and seq_len, but an exporter's generated dim name as '?'."""
+    from onnx_near.report import _dims
+
+    assert _dims(("N", 3, "seq_len")) == "N×3×seq_len"
+    assert _dims(("LayerNormalizationonnx::Gather_1426_dim_0", 768)) == "?×768"
+    assert _dims((None, 4)) == "?×4" and _dims(None) == "?"
