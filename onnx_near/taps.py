@@ -417,10 +417,79 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
                 continue
             sites.append(_with_bias(index, n.output[0], n.op_type, i))
         elif key == ("", "Mul"):
-            site = _affine(index, n)
+            site = _affine(index, n) or _rms_norm(index, n, i)
             if site is not None:
                 sites.append(site)
     return sites
+
+
+def _rms_norm(index: GraphIndex, n: onnx.NodeProto, i: int) -> LayerSite | None:
+    """``Mul`` of a constant vector γ and x / √(mean(x²) + ε): RMSNorm as exporters decompose
+    it (Llama, Mistral, T5: Pow or Mul for x², ReduceMean, Add ε, Sqrt, then Div, or
+    Reciprocal and Mul; Casts around it), tapped as a normalisation like LayerNorm."""
+    if len(n.input) != 2:
+        return None
+    gamma = next((x for x in n.input if index.is_const(x)), None)
+    if gamma is None or not _is_vector(index, gamma):
+        return None
+    normed = _other_input(n, gamma)
+    if normed is None or index.is_const(normed):
+        return None
+    m = _through_casts(index, normed)
+    if m is None or m.domain not in ("", "ai.onnx"):
+        return None
+    if m.op_type == "Div" and len(m.input) == 2:
+        x, root = m.input[0], index.node_of(m.input[1])
+    elif m.op_type == "Mul" and len(m.input) == 2:
+        pair = [(a, index.node_of(b)) for a, b in ((m.input[0], m.input[1]), (m.input[1], m.input[0]))]
+        x, recip = next(((a, r) for a, r in pair if r is not None and r.op_type == "Reciprocal"), ("", None))
+        root = index.node_of(recip.input[0]) if recip is not None else None
+    else:
+        return None
+    if root is None or root.op_type != "Sqrt":
+        return None
+    add = index.node_of(root.input[0])
+    if add is None or add.op_type != "Add":
+        return None
+    mean = next((index.node_of(v) for v in add.input if not index.is_const(v)), None)
+    if mean is None or mean.op_type != "ReduceMean":
+        return None
+    square = index.node_of(mean.input[0])
+    if square is None or not _squares(index, square, _source(index, x)):
+        return None
+    return LayerSite(n.output[0], "RMSNorm", i)
+
+
+def _through_casts(index: GraphIndex, t: str) -> onnx.NodeProto | None:
+    """The node making ``t``, looking through Casts."""
+    node = index.node_of(t)
+    while node is not None and node.op_type == "Cast":
+        node = index.node_of(node.input[0])
+    return node
+
+
+def _source(index: GraphIndex, t: str) -> str:
+    """``t`` with the Casts that made it looked through."""
+    node = index.node_of(t)
+    while node is not None and node.op_type == "Cast":
+        t = node.input[0]
+        node = index.node_of(t)
+    return t
+
+
+def _squares(index: GraphIndex, node: onnx.NodeProto, x: str) -> bool:
+    """True when ``node`` computes x² of the tensor ``x`` (Pow(x, 2) or Mul(x, x), Casts aside)."""
+    if node.op_type == "Pow" and len(node.input) == 2:
+        exponent = index.const_value(node.input[1])
+        return (
+            _source(index, node.input[0]) == x
+            and exponent is not None
+            and exponent.size == 1
+            and float(exponent) == 2.0
+        )
+    if node.op_type == "Mul" and len(node.input) == 2:
+        return _source(index, node.input[0]) == x == _source(index, node.input[1])
+    return False
 
 
 def _affine(index: GraphIndex, n: onnx.NodeProto) -> LayerSite | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -690,3 +692,37 @@ def test_structural_rank_claims_nothing_after_full_constant_tensors() -> None:
 
     assert structural_rank(index, mm) == 16
     assert [structural_rank(index, t) for t in (pos, scaled, ln)] == [None, None, None]
+
+
+@pytest.mark.parametrize("form", ["reciprocal", "div", "mul_square_casts"])
+def test_rms_norm_pattern_is_a_normalisation_tap(tmp_path: Path, form: str) -> None:
+    """RMSNorm as exporters decompose it (Llama: x·Reciprocal(Sqrt(mean(x²) + ε))·γ; T5-style
+    Div; x² as Mul(x, x) with Casts around): tapped as a normalisation (role pre), its matrix
+    the closed form γ·x/√(mean(x²)+ε) of the layer before."""
+    from graphs import save
+
+    import onnx_near
+
+    g = Graph(opset=18)  # ReduceMean with its axes as an input
+    x_in = g.input("x", ["N", 3, 6], TensorProto.FLOAT)
+    w = g.rng.standard_normal((6, 8)).astype(np.float32)
+    h = g.op("MatMul", x_in, g.const(w))
+    src = g.op("Cast", h, to=TensorProto.FLOAT) if form == "mul_square_casts" else h
+    sq = g.op("Mul", src, src) if form == "mul_square_casts" else g.op("Pow", src, g.const(np.float32(2.0)))
+    mean = g.op("ReduceMean", sq, g.const(np.array([-1]), dtype=np.int64), keepdims=1)
+    root = g.op("Sqrt", g.op("Add", mean, g.const(np.float32(1e-6))))
+    normed = g.op("Div", src, root) if form == "div" else g.op("Mul", src, g.op("Reciprocal", root))
+    gamma = (1.0 + 0.1 * g.rng.standard_normal(8)).astype(np.float32)
+    y = g.op("Mul", g.const(gamma), normed)
+    g.output(g.op("MatMul", y, g.const(g.rng.standard_normal((8, 4)).astype(np.float32))), ["N", 3, 4])
+    model = g.model(infer=False)
+    path = save(model, tmp_path / "rms.onnx")
+    taps = plan_taps(GraphIndex(onnx.shape_inference.infer_shapes(model)), "all", {}).taps
+    assert [t.op for t in taps] == ["MatMul", "RMSNorm", "MatMul"] and taps[1].role == "pre"
+    data = np.random.default_rng(2).standard_normal((5, 3, 6)).astype(np.float32)
+    r = onnx_near.score(path, data=data, rows="all")
+    hh = (data @ w).reshape(-1, 8).astype(np.float64)
+    want = gamma * hh / np.sqrt((hh**2).mean(axis=1, keepdims=True) + 1e-6)
+    s = np.linalg.svd(want, compute_uv=False)
+    p = s / s.sum()
+    assert r.layers[1].erank == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
