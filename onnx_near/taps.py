@@ -659,9 +659,10 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
     activations = find_activations(index)
     roles: dict[str, list[str]] = {}
     meta: dict[str, tuple[str, str, int]] = {}
+    data = data_dependent(index)
 
     def add(tensor: str, role: str, name: str, op: str, node: int) -> None:
-        if tensor in index.graph_inputs or tensor in index.constants or not tensor:
+        if tensor in index.graph_inputs or tensor not in data or not tensor:
             return
         if role not in roles.setdefault(tensor, []):
             roles[tensor].append(role)
@@ -712,6 +713,25 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
         )
     taps.sort(key=lambda t: (t.node, t.tensor))
     return TapPlan(tuple(taps), tuple(find_untappable(index)))
+
+
+# Ops whose output depends on their input's shape only, never on its values.
+_SHAPE_ONLY = {"Shape", "Size", "EyeLike"}
+
+
+def data_dependent(index: GraphIndex) -> set[str]:
+    """The tensors computed from the values of the model's inputs (SPEC §2: only those are
+    taps).  Constants are not, and neither is what is computed from input *shapes* alone —
+    a rotary embedding's table, inverse frequencies × Range(Shape(x)) positions."""
+    out = set(index.graph_inputs)
+    for n in index.nodes:
+        if n.op_type in _SHAPE_ONLY or n.op_type in _CONTROL_FLOW:
+            if n.op_type in _CONTROL_FLOW:  # a subgraph may read anything: its outputs may be data
+                out.update(o for o in n.output if o)
+            continue
+        if any(x in out for x in n.input if x):
+            out.update(o for o in n.output if o)
+    return out
 
 
 def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | None:

@@ -726,3 +726,22 @@ def test_rms_norm_pattern_is_a_normalisation_tap(tmp_path: Path, form: str) -> N
     s = np.linalg.svd(want, compute_uv=False)
     p = s / s.sum()
     assert r.layers[1].erank == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
+
+
+def test_a_table_computed_from_input_shapes_is_not_a_layer() -> None:
+    """A rotary embedding's MatMul of inverse frequencies and Range(Shape(x)) positions has a
+    constant operand but depends on no input value: not a tap; the data path's layer is."""
+    g = Graph()
+    x = g.input("x", ["N", 5, 4], TensorProto.FLOAT)
+    h = g.op("MatMul", x, g.weight(4, 4), out="h")
+    length = g.op("Gather", g.op("Shape", x), g.const(np.array(1), dtype=np.int64))
+    positions = g.op(
+        "Cast",
+        g.op("Range", g.const(np.array(0), dtype=np.int64), length, g.const(np.array(1), dtype=np.int64)),
+        to=TensorProto.FLOAT,
+    )
+    column = g.op("Unsqueeze", positions, g.const(np.array([1]), dtype=np.int64))
+    angles = g.op("MatMul", column, g.const(np.linspace(0.1, 1.0, 4, dtype=np.float32).reshape(1, 4)), out="angles")
+    g.output(g.op("Mul", h, g.op("Cos", angles)), ["N", 5, 4])
+    taps = plan_taps(g.index(), "all", {}).taps
+    assert [t.tensor for t in taps] == ["h"]
