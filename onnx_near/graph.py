@@ -171,7 +171,29 @@ def parameter_count(index: GraphIndex) -> int:
         return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
 
     total = sum(size(name) for name in index.initializers if name in direct or name not in aliased)
-    return total + sum(size(name) for name in source if name in direct)
+    return total + sum(size(name) for name in source if name in direct) + _constant_node_weights(index, stats)
+
+
+def _constant_node_weights(index: GraphIndex, stats: set[str]) -> int:
+    """Elements of the weights held in Constant nodes (Paddle and OpenVINO conversions,
+    simplified graphs keep every weight there): float tensors of more than one element, seen
+    through Cast/Identity/DequantizeLinear chains; scalars (GELU's 0.5) are arithmetic, and
+    BatchNorm statistics are left out as for initializers."""
+    root: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    for n in index.nodes:
+        if n.op_type == "Constant" and n.output and n.output[0]:
+            t = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+            if t is not None and t.data_type in floats:
+                count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+                if count > 1:
+                    root[n.output[0]] = n.output[0]
+                    sizes[n.output[0]] = count
+        elif n.op_type in ("Cast", "Identity", "DequantizeLinear") and n.input and n.input[0] in root and n.output:
+            root[n.output[0]] = root[n.input[0]]
+    excluded = {root[s] for s in stats if s in root}
+    return sum(v for k, v in sizes.items() if k not in excluded)
 
 
 def without_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:

@@ -66,3 +66,26 @@ def test_made_up_symbolic_dims_show_as_unknown() -> None:
     assert _dims(("N", 3, "seq_len")) == "N×3×seq_len"
     assert _dims(("LayerNormalizationonnx::Gather_1426_dim_0", 768)) == "?×768"
     assert _dims((None, 4)) == "?×4" and _dims(None) == "?"
+
+
+def test_weights_in_constant_nodes_are_counted() -> None:
+    """A model whose weights sit in Constant nodes (Paddle/OpenVINO conversions) has the same
+    parameter count as the same model with initializers; scalar constants are not parameters
+    (issue #11, item 6)."""
+    from onnx import helper
+
+    from onnx_near.graph import GraphIndex, parameter_count
+
+    g = Graph()
+    h = g.op("Gemm", g.input("x", ["N", 6]), g.weight(6, 8), g.weight(8))
+    g.output(g.op("Mul", g.op("Relu", h), g.constant_node(0.5)), ["N", 8])  # a scalar, as exporters write it
+    with_inits = g.model(infer=False)
+    moved = onnx.ModelProto()
+    moved.CopyFrom(with_inits)
+    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in moved.graph.initializer]
+    del moved.graph.initializer[:]
+    old = list(moved.graph.node)
+    del moved.graph.node[:]
+    moved.graph.node.extend(nodes + old)
+    assert parameter_count(GraphIndex(with_inits)) == 6 * 8 + 8
+    assert parameter_count(GraphIndex(moved)) == 6 * 8 + 8
