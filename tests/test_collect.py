@@ -101,3 +101,30 @@ def test_feature_maps_are_cut_and_plain_matrices_come_back_whole() -> None:
         )
     finally:
         rewrite.CUT_MIN_OPSET = old
+
+
+def test_sequence_first_taps_take_their_rows_sample_by_sample(tmp_path: Path) -> None:
+    """A tap laid out (T, N, D) — sequence first, as nn.MultiheadAttention exports — has its
+    rows in sample order, as forward hooks flattening (N, T, D) give them: the score equals
+    the closed form and does not depend on the batch size asked for."""
+    import onnx
+    from graphs import Graph
+
+    g = Graph()
+    x = g.input("x", ["N", 4, 3])
+    w = g.rng.standard_normal((3, 5)).astype(np.float32)
+    seq_first = g.op("Transpose", x, perm=[1, 0, 2])
+    h = g.op("MatMul", seq_first, g.const(w), out="h")  # (T, N, 5)
+    g.output(g.op("Transpose", g.op("Relu", h), perm=[1, 0, 2]), ["N", 4, 5])
+    path = tmp_path / "seq_first.onnx"
+    onnx.save(g.model(), str(path))
+    data = np.random.default_rng(4).standard_normal((6, 4, 3)).astype(np.float32)
+    scores = {b: onnx_near.score(path, data=data, rows=7, seed=2, batch_size=b) for b in (1, 3, 6)}
+    assert scores[1].scores == scores[3].scores == scores[6].scores
+    layer = next(l for l in scores[3].layers if l.tensor == "h")
+    (start,) = layer.row_starts
+    (first,) = scores[3].window_starts
+    rows = (data[first:] @ w).reshape(-1, 5)[start : start + 7].astype(np.float64)  # sample by sample, as hooks see it
+    s = np.linalg.svd(rows, compute_uv=False)
+    p = s / s.sum()
+    assert layer.erank == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
