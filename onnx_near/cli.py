@@ -183,8 +183,7 @@ def _scoring(default_repetitions: int = 1) -> Callable[[F], F]:
             "--batch-memory",
             default=None,
             metavar="SIZE",
-            help="Budget for the activations of one forward pass, e.g. 256M (default 64M); "
-            "it sets the batch size.",
+            help="Budget for the activations of one forward pass, e.g. 256M (default 64M); it sets the batch size.",
         ),
         click.option(
             "--timeout", type=float, default=None, metavar="SECONDS", help="Stop a model that runs longer than this."
