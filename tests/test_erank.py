@@ -265,3 +265,162 @@ def test_structural_rank_bound_sends_half_empty_matrices_to_the_svd(monkeypatch:
     calls.clear()
     effective_rank(np.maximum(a, 0), np, rank_bound=200)
     assert calls[0] == "eigvalsh"
+
+
+def _structurally_low_rank(rows: int, cols: int, inputs: int, seed: int) -> np.ndarray:
+    """A Linear layer's output as a model computes it: float32 X·W + b (rank ≤ inputs + 1 by
+    construction, plus float32 rounding noise), scored in float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, inputs), dtype=np.float32)
+    w = (0.02 * rng.standard_normal((inputs, cols))).astype(np.float32)
+    b = (0.02 * rng.standard_normal(cols)).astype(np.float32)
+    return np.asarray(x @ w + b, dtype=np.float64)
+
+
+@pytest.fixture
+def one_blas_thread() -> Any:
+    """The low-rank tests' matrices are large for a test: one BLAS thread keeps them fast on a
+    busy machine, where two threads on two shared cores spin (measured: 36 s against 6 s for
+    this file)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, *names: str) -> list[str]:
+    """Record the calls of numpy.linalg functions ``names``."""
+    calls: list[str] = []
+    for name in names:
+        original = getattr(np.linalg, name)
+        monkeypatch.setattr(np.linalg, name, lambda *a, _f=original, _n=name, **kw: calls.append(_n) or _f(*a, **kw))
+    return calls
+
+
+@pytest.mark.usefixtures("one_blas_thread")
+@pytest.mark.parametrize(
+    ("rows", "cols", "inputs"), [(640, 640, 160), (1000, 600, 150), (520, 900, 128), (2400, 520, 130)]
+)
+def test_low_rank_route_matches_the_svd(rows: int, cols: int, inputs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank-bounded layer takes the low-rank route (square, tall, wide, and tall enough to be
+    reduced to its R factor first), and its erank is the float64 SVD's.
+
+    The rounding-noise tail counts: the rank-bound largest singular values alone are off by
+    more than 1e-6, so a route that dropped the tail would fail here."""
+    from onnx_near import erank as core
+
+    a = _structurally_low_rank(rows, cols, inputs, seed=10)
+    svd = np.linalg.svd(a, compute_uv=False)
+    want = erank_from_singular_values(svd)
+    assert abs(erank_from_singular_values(svd[: inputs + 1]) - want) / want > 1e-6
+    calls = _spy(monkeypatch, "svd")
+    route, sigma = core._routed(a, np, inputs + 1)
+    assert route == "low-rank" and calls == [] and len(sigma) == min(rows, cols)
+    assert erank_from_singular_values(sigma) == pytest.approx(want, rel=1e-10)
+    _, bound, info = core._low_rank_route(a, inputs + 1)
+    assert bound < 1e-8 and info["rank"] == inputs + 1
+
+
+@pytest.mark.usefixtures("one_blas_thread")
+def test_low_rank_route_is_deterministic() -> None:
+    """Same matrix, same values bit for bit; neither numpy's global generator nor any other is drawn from."""
+    from onnx_near import erank as core
+
+    a = _structurally_low_rank(600, 600, 150, seed=11)
+    state = np.random.get_state()
+    first = core.singular_values(a, np, 151)
+    second = core.singular_values(a.copy(), np, 151)
+    assert np.array_equal(first, second)
+    after = np.random.get_state()
+    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
+
+
+@pytest.mark.usefixtures("one_blas_thread")
+def test_low_rank_route_leaves_the_matrix_alone() -> None:
+    """The route works on copies: the caller's matrix is unchanged."""
+    from onnx_near import erank as core
+
+    a = _structurally_low_rank(560, 560, 140, seed=12)
+    before = a.copy()
+    core.singular_values(a, np, 141)
+    assert np.array_equal(a, before)
+
+
+@pytest.mark.usefixtures("one_blas_thread")
+@pytest.mark.parametrize("case", ["no_drop", "bound_too_large"])
+def test_low_rank_route_falls_back_to_the_svd(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the route cannot vouch for its values — no drop in the spectrum within the bound
+    (a wrong rank bound), or an error bound over the limit — the SVD gives them."""
+    from onnx_near import erank as core
+
+    rng = np.random.default_rng(13)
+    if case == "no_drop":
+        a = rng.standard_normal((600, 600))  # full rank, whatever the bound claims
+    else:
+        a = _structurally_low_rank(600, 600, 150, seed=13)
+        monkeypatch.setattr(core, "MAX_RELATIVE_ERROR", 1e-30)
+    sigma, bound, _ = core._low_rank_route(a, 151)
+    assert sigma is None if case == "no_drop" else bound >= 1e-30
+    calls = _spy(monkeypatch, "svd")
+    route, values = core._routed(a, np, 151)
+    assert route == "svd" and calls == ["svd"]
+    assert erank_from_singular_values(values) == _svd_erank(a)
+
+
+@pytest.mark.usefixtures("one_blas_thread")
+def test_low_rank_route_keeps_exact_zeros_and_nan_handling() -> None:
+    """An exactly rank-deficient float64 matrix (its tail is zero but for rounding) and a
+    dead unit: exact; a NaN is still refused, with or without a rank bound."""
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((700, 100)) @ rng.standard_normal((100, 700))
+    a[:, 5] = 0.0
+    assert effective_rank(a, np, rank_bound=100) == pytest.approx(_svd_erank(a), rel=1e-10)
+    a[3, 4] = np.nan
+    with pytest.raises(NonFiniteMatrixError):
+        effective_rank(a, np, rank_bound=100)
+    from onnx_near.erank import effective_ranks
+
+    got = effective_ranks([a, np.eye(600)], rank_bounds=[100, 300])
+    assert isinstance(got[0], NonFiniteMatrixError) and got[1] == pytest.approx(600.0, rel=1e-12)
+
+
+def test_sqrt_error_is_the_largest_square_root_move() -> None:
+    """_sqrt_error: the exact largest |√λ − √λ̂| over λ ≥ 0 within τ of λ̂, also for λ̂ ≤ τ and λ̂ < 0."""
+    from onnx_near import erank as core
+
+    lam = np.array([4.0, 1e-3, 1e-6, 0.0, -1e-7, 2.5e-7])
+    tau = np.array([1e-2, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6])
+    got = core._sqrt_error(lam, tau, np)
+    grid = lam[:, None] + tau[:, None] * np.linspace(-1.0, 1.0, 20001)[None, :]
+    brute = np.abs(np.sqrt(np.clip(grid, 0.0, None)) - np.sqrt(np.clip(lam, 0.0, None))[:, None]).max(axis=1)
+    assert np.all(got >= brute * (1 - 1e-12)) and np.allclose(got, brute, rtol=1e-3)
+
+
+@pytest.mark.parametrize("spectrum", ["spread", "dominated", "noise_tail"])
+def test_erank_error_bound_holds(spectrum: str) -> None:
+    """Moving every singular value by up to δ_j never changes the erank by more than the bound,
+    including a spectrum whose largest value dominates (where 1 + |ln p_j| is no bound on
+    |∂H/∂σ_j|·S = |ln σ_j − Σ p ln σ|)."""
+    from onnx_near import erank as core
+
+    rng = np.random.default_rng(15)
+    if spectrum == "spread":
+        sigma = rng.uniform(0.1, 10.0, 300)
+    elif spectrum == "dominated":
+        sigma = np.concatenate([[1e4], rng.uniform(1e-3, 2e-3, 2000)])
+    else:
+        sigma = np.concatenate([rng.uniform(10.0, 30.0, 100), rng.uniform(0.0, 2e-5, 300)])
+    delta = sigma * 1e-7 + 1e-8
+    bound = core._erank_error_bound(sigma, delta, np)
+    base = erank_from_singular_values(sigma)
+    for _ in range(200):
+        moved = np.clip(
+            sigma + delta * rng.choice([-1.0, 1.0], sigma.size) * rng.uniform(0.5, 1.0, sigma.size), 0, None
+        )
+        assert abs(erank_from_singular_values(moved) - base) / base <= bound
+    worst = np.clip(
+        sigma + delta * np.sign(np.log(sigma.clip(1e-300)) - np.sum(sigma * np.log(sigma.clip(1e-300))) / sigma.sum()),
+        0,
+        None,
+    )
+    assert abs(erank_from_singular_values(worst) - base) / base <= bound
