@@ -74,6 +74,11 @@ GRAM_MAX_RELATIVE_ERROR = MAX_RELATIVE_ERROR  # the name this bound had first
 # 512, 0.15 s against 0.20 s at 1024), with LOW_RANK_OVERSAMPLING columns beyond the
 # structural rank bound in its test matrix.
 LOW_RANK_MIN_SIZE = 512
+# ... and only for bounds of at most a quarter of the size (+1 for a bias): its test matrix
+# has r + LOW_RANK_OVERSAMPLING columns, so towards r = n/2 its products cost an SVD's.
+# Measured on ResNet-50's 2048² layers of bound 1024/1025 (one thread): 3.1–4.3 s before
+# falling back, against the SVD's 2.2–2.4 s; at bound 512/513 it wins (1.1 s against 2.1).
+LOW_RANK_MAX_SHARE = 4
 LOW_RANK_OVERSAMPLING = 10
 # The test matrix is Gaussian from this fixed seed: the same matrix gives the same values,
 # bit for bit, and the caller's generator is never drawn from.
@@ -162,7 +167,8 @@ def _routed(a: Any, xp: ModuleType, rank_bound: int | None) -> tuple[str, Any]:
     if min(rows, cols) < GRAM_MIN_SIZE:
         return "svd", xp.linalg.svd(a, compute_uv=False) if a.size else xp.zeros(0)
     if rank_bound is not None and 2 * rank_bound <= min(rows, cols):
-        if xp is np and min(rows, cols) >= LOW_RANK_MIN_SIZE:
+        n = min(rows, cols)
+        if xp is np and n >= LOW_RANK_MIN_SIZE and LOW_RANK_MAX_SHARE * (rank_bound - 1) <= n:
             sigma = _low_rank_singular_values(a, rank_bound)
             if sigma is not None:
                 return "low-rank", sigma
