@@ -15,7 +15,7 @@ import onnx
 from .config import Rows
 from .errors import ConfigError, InputDataError, ModelLoadError
 from .inputs import InputSpec
-from .matrices import Geometry
+from .matrices import Geometry, block_rows
 
 
 def gib(n: float) -> str:
@@ -58,8 +58,7 @@ def check_matrices(
     """Refuse a request whose matrices (the rows kept for every tap) exceed the budget."""
     need = 0.0
     for name, g in geoms.items():
-        total = samples * g.rows_per_sample
-        count = total if rows == "all" else min(total, g.cols if rows == "square" else int(rows))
+        count = block_rows(g, rows, samples)
         need += float(count) * g.cols * itemsize[name]
     if need > limit:
         raise ConfigError(

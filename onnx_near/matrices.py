@@ -97,6 +97,13 @@ def _square_need(geoms: Mapping[str, Geometry]) -> int:
     return max(math.ceil(g.cols / g.rows_per_sample) for g in geoms.values())
 
 
+def block_rows(g: Geometry, rows: Rows, samples: int) -> int:
+    """How many rows a tap's matrix keeps from a window of ``samples`` samples: every row
+    for ``rows="all"``, else as many as asked (its columns when square), at most all."""
+    total = samples * g.rows_per_sample
+    return total if rows == "all" else min(total, g.cols if rows == "square" else int(rows))
+
+
 def draw_blocks(
     geoms: Mapping[str, Geometry], rows: Rows, samples: int, rng: np.random.Generator
 ) -> dict[str, RowBlock]:
@@ -109,8 +116,7 @@ def draw_blocks(
     blocks: dict[str, RowBlock] = {}
     for name, g in geoms.items():
         total = samples * g.rows_per_sample
-        want = total if rows == "all" else (g.cols if rows == "square" else int(rows))
-        count = min(want, total)
+        count = block_rows(g, rows, samples)
         slack = (total - count) // g.line
         start = int(rng.integers(0, slack + 1)) * g.line if slack > 0 and rows != "all" else 0
         blocks[name] = RowBlock(start, count)
@@ -161,6 +167,7 @@ class Collector:
             for name, g in geoms.items():
                 self.matrices[name] = xp.empty((blocks[name].count, g.cols), dtype=dtypes[name])
         self._filled = {name: 0 for name in geoms}
+        self._spans: tuple[tuple[int, int, int], dict[str, Span | None]] | None = None  # the last batch's
 
     @property
     def samples_needed(self) -> int:
@@ -169,7 +176,13 @@ class Collector:
 
     def span(self, name: str, lo: int, hi: int, ran: int) -> Span | None:
         """Where tap ``name``'s block meets the batch of window samples ``lo .. hi`` (``ran``
-        samples went through the model, padding included); None when it holds none of its rows."""
+        samples went through the model, padding included); None when it holds none of its rows.
+        Computed once per batch for every tap (needed, feeds, targets and add all ask)."""
+        if self._spans is None or self._spans[0] != (lo, hi, ran):
+            self._spans = ((lo, hi, ran), {n: self._span(n, lo, hi, ran) for n in self.geoms})
+        return self._spans[1][name]
+
+    def _span(self, name: str, lo: int, hi: int, ran: int) -> Span | None:
         g, b = self.geoms[name], self.blocks[name]
         first = max(lo, b.start // g.rows_per_sample)
         last = min(hi, b.last_sample(g.rows_per_sample) + 1)

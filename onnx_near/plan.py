@@ -20,7 +20,7 @@ import numpy as np
 from . import budget
 from .config import ScoreConfig
 from .errors import InputDataError, NoTapsError
-from .matrices import Geometry, RowBlock, draw_blocks, geometry, window_samples
+from .matrices import Geometry, RowBlock, block_rows, draw_blocks, geometry, window_samples
 from .report import Skipped
 from .rewrite import Cut
 from .taps import Tap
@@ -141,8 +141,7 @@ def _forward_bytes(geoms: Mapping[str, Geometry], itemsize: Mapping[str, int], c
 
 
 def _route(cfg: ScoreConfig, g: Geometry, samples: int, bound: int | None) -> Route:
-    total = samples * g.rows_per_sample
-    rows = total if cfg.rows == "all" else min(total, g.cols if cfg.rows == "square" else int(cfg.rows))
+    rows = block_rows(g, cfg.rows, samples)
     approximate = cfg.approx_above is not None and min(rows, g.cols) >= cfg.approx_above
     return Route(approximate, bound)
 
