@@ -15,6 +15,7 @@ import onnx
 import onnx.shape_inference
 
 from .graph import GraphIndex, attribute, parameter_count, without_weights
+from .ops import MAC_OPS
 
 __all__ = ["count_macs", "parameter_count"]
 
@@ -39,7 +40,7 @@ def count_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, tuple[int, ..
     index = GraphIndex(m)
     total = 0
     for n in index.nodes:
-        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedMatMul"):
+        if n.op_type not in MAC_OPS:
             continue
         macs = _node_macs(index, n)
         if macs is None:

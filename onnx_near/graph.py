@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .ops import WEIGHT_PASSTHROUGH
+
 # Ops whose output is random even when every input is constant.
 _NONDETERMINISTIC = {
     "RandomNormal",
@@ -116,6 +118,25 @@ class GraphIndex:
                 out.append(None)
         return out
 
+    def weight(self, name: str) -> tuple[str, onnx.TensorProto] | None:
+        """Where the weight ``name`` is held — an initializer, or a ``Constant`` node's
+        tensor, seen through Cast and Identity — as (the holder's name, its tensor); None
+        when ``name`` is not such a weight.  Exporters from Paddle and OpenVINO, and
+        simplified graphs, keep every weight in Constant nodes."""
+        for _ in range(8):
+            if name in self.initializers:
+                return name, self.initializers[name]
+            n = self.node_of(name)
+            if n is None:
+                return None
+            if n.op_type == "Constant":
+                t = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+                return (name, t) if t is not None else None
+            if n.op_type not in ("Cast", "Identity") or not n.input:
+                return None
+            name = n.input[0]
+        return None
+
     def const_value(self, name: str) -> np.ndarray | None:
         """Value of a small constant (initializer or Constant node), else None."""
         if name in self.initializers:
@@ -190,7 +211,7 @@ def _constant_node_weights(index: GraphIndex, stats: set[str]) -> int:
                 if count > 1:
                     root[n.output[0]] = n.output[0]
                     sizes[n.output[0]] = count
-        elif n.op_type in ("Cast", "Identity", "DequantizeLinear") and n.input and n.input[0] in root and n.output:
+        elif n.op_type in WEIGHT_PASSTHROUGH and n.input and n.input[0] in root and n.output:
             root[n.output[0]] = root[n.input[0]]
     excluded = {root[s] for s in stats if s in root}
     return sum(v for k, v in sizes.items() if k not in excluded)

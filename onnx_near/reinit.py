@@ -4,7 +4,8 @@ The authors' code re-draws the weights between repetitions; for an ONNX model th
 explicit option.  Only the weights of layers that apply learned weights are re-drawn —
 Conv, ConvTranspose, Gemm and MatMul with a constant operand — with fan-in and fan-out
 read from each weight's shape and role; their biases are re-drawn too (zero, except for
-``pytorch-default``).  Normalisation parameters, running statistics and embedding tables
+``pytorch-default``).  A weight is found wherever the graph holds it — an initializer or a
+``Constant`` node, through Cast/Identity — and written back there, in its own dtype.  Normalisation parameters, running statistics and embedding tables
 are left as they are.
 
 Schemes (``fan_in``/``fan_out`` as in ``torch.nn.init``):
@@ -32,6 +33,7 @@ from onnx import numpy_helper
 
 from .errors import ConfigError, GraphError
 from .graph import GraphIndex, attribute
+from .ops import CONVOLUTIONS
 
 SCHEMES = (
     "pytorch-default",
@@ -69,15 +71,25 @@ def weight_roles(index: GraphIndex) -> list[WeightRole]:
     return roles
 
 
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+
+
 def _float_init(index: GraphIndex, name: str) -> bool:
-    t = index.initializers.get(name)
-    return t is not None and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    """True when ``name`` is a float weight, wherever the graph holds it (initializer or Constant)."""
+    held = index.weight(name)
+    return held is not None and held[1].data_type in _FLOATS
+
+
+def _dims(index: GraphIndex, name: str) -> list[int]:
+    held = index.weight(name)
+    assert held is not None
+    return [int(d) for d in held[1].dims]
 
 
 def _role(index: GraphIndex, n: onnx.NodeProto) -> WeightRole | None:
     ins = list(n.input)
-    if n.op_type in ("Conv", "ConvTranspose") and len(ins) > 1 and _float_init(index, ins[1]):
-        dims = list(index.initializers[ins[1]].dims)
+    if n.op_type in CONVOLUTIONS and len(ins) > 1 and _float_init(index, ins[1]):
+        dims = _dims(index, ins[1])
         if len(dims) < 3:
             return None
         receptive = math.prod(dims[2:])
@@ -87,7 +99,7 @@ def _role(index: GraphIndex, n: onnx.NodeProto) -> WeightRole | None:
         # ConvTranspose (in, out/group, k…): fans as torch computes them from dims 1 and 0
         return WeightRole(ins[1], dims[1] * receptive, dims[0] * receptive, False, bias)
     if n.op_type == "Gemm" and len(ins) > 1 and _float_init(index, ins[1]):
-        dims = list(index.initializers[ins[1]].dims)
+        dims = _dims(index, ins[1])
         if len(dims) != 2:
             return None
         trans_b = int(attribute(n, "transB", 0))
@@ -98,7 +110,7 @@ def _role(index: GraphIndex, n: onnx.NodeProto) -> WeightRole | None:
         w = ins[1] if _float_init(index, ins[1]) else None
         if w is None or index.is_const(ins[0]):
             return None
-        dims = list(index.initializers[w].dims)
+        dims = _dims(index, w)
         if len(dims) != 2:
             return None
         bias = _bias_after(index, n.output[0])
@@ -157,9 +169,9 @@ def reinitialize(model: onnx.ModelProto, scheme: str, rng: np.random.Generator) 
     roles = weight_roles(index)
     if not roles:
         raise GraphError("the model has no Conv, Gemm or MatMul weight to re-initialise")
-    new: dict[str, np.ndarray] = {}
+    new: dict[str, np.ndarray] = {}  # keyed by the holder: initializer or Constant output
     for r in roles:
-        t = index.initializers[r.weight]
+        holder, t = _held(index, r.weight)
         shape = tuple(int(d) for d in t.dims)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         if scheme == "orthogonal":  # as torch.nn.init.orthogonal_ on the (out, in) view
@@ -169,19 +181,30 @@ def reinitialize(model: onnx.ModelProto, scheme: str, rng: np.random.Generator) 
                 w = _orthogonal(shape[0], math.prod(shape) // shape[0], rng).reshape(shape)
         else:
             w = _draw(scheme, shape, r.fan_in, r.fan_out, rng)
-        new[r.weight] = w.astype(dtype)
+        new[holder] = w.astype(dtype)
         if r.bias is not None:
-            b = index.initializers[r.bias]
+            bias_holder, b = _held(index, r.bias)
             bshape = tuple(int(d) for d in b.dims)
             bias = (
                 rng.uniform(-1, 1, size=bshape) / math.sqrt(r.fan_in)
                 if scheme == "pytorch-default"
                 else np.zeros(bshape)
             )
-            new[r.bias] = bias.astype(onnx.helper.tensor_dtype_to_np_dtype(b.data_type))
+            new[bias_holder] = bias.astype(onnx.helper.tensor_dtype_to_np_dtype(b.data_type))
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for k, t in enumerate(out.graph.initializer):
         if t.name in new:
             out.graph.initializer[k].CopyFrom(numpy_helper.from_array(new[t.name], t.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in new:
+            for a in node.attribute:
+                if a.name == "value":
+                    a.t.CopyFrom(numpy_helper.from_array(new[node.output[0]], a.t.name))
     return out
+
+
+def _held(index: GraphIndex, name: str) -> tuple[str, onnx.TensorProto]:
+    held = index.weight(name)
+    assert held is not None  # weight_roles only names weights the graph holds
+    return held

@@ -27,6 +27,7 @@ from .errors import NonFiniteMatrixError, RunError
 from .graph import parameter_count
 from .inputs import DataArg, Source, check_data, companions, elem_name, input_specs, read_data
 from .load import load_model
+from .ops import BOUNDED
 from .plan import Plan, make_plan
 from .progress import Progress
 from .reinit import reinitialize
@@ -202,7 +203,7 @@ def _repetition(
     for t, m, (value, bound) in zip(plan.taps, matrices, ranked):
         st = stats[t.tensor]
         st.shape = (int(m.shape[0]), int(m.shape[1]))
-        limits = SATURATING.get(t.op)
+        limits = BOUNDED.get(t.op)
         if limits is not None:
             st.saturation.append(saturated_fraction(m, *limits))
         if bound is not None:
@@ -288,10 +289,6 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
     )
     skipped = tuple(Skipped(u.where, u.op, u.reason) for u in plan.untappable)
     return LayersReport(str(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
-
-
-# Bounded activations and their (low, high) bounds, for the saturation statistic.
-SATURATING = {"Tanh": (-1.0, 1.0), "Softsign": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0)}
 
 
 def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0.01) -> float:

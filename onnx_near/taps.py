@@ -28,104 +28,25 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex, attribute
+from .ops import (
+    CHANNEL_OPS,
+    CONTRIB_ACTIVATIONS,
+    CONTRIB_WEIGHTED,
+    CONTROL_FLOW,
+    FUSED_WITH_ACTIVATION,
+    LAST_AXIS_OPS,
+    MATMULS,
+    MS,
+    NATIVE_ACTIVATIONS,
+    QUANTISED,
+    SHAPE_ONLY,
+    WEIGHTED,
+    scorable_in_body,
+)
 
-MS = "com.microsoft"
-
-# Native elementwise activations of the default domain, by op type.
-NATIVE_ACTIVATIONS = {
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Sigmoid",
-    "HardSigmoid",
-    "Tanh",
-    "Softplus",
-    "Softsign",
-    "HardSwish",
-    "Mish",
-    "Gelu",
-    "ThresholdedRelu",
-}
-# Contrib activations of onnxruntime (com.microsoft).
-CONTRIB_ACTIVATIONS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
-# Contrib ops with a fused activation: their pre-activation is not visible.
-FUSED_WITH_ACTIVATION = {"FusedConv", "FusedGemm"}
-
-# Ops applying learned weights whose output is a layer output.
-WEIGHTED = {
-    "Conv",
-    "ConvTranspose",
-    "Gemm",
-    "BatchNormalization",
-    "LayerNormalization",
-    "GroupNormalization",
-    "InstanceNormalization",
-    "RMSNormalization",
-    "SimplifiedLayerNormalization",
-}
-# onnxruntime's normalisations (com.microsoft), when the de-fuse pass leaves them whole.
-CONTRIB_WEIGHTED = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"}
-_MATMULS = {("", "MatMul"), (MS, "FusedMatMul")}
-
-# Ops whose output has its features on axis 1 (N × C × spatial…).
-_CHANNEL_OPS = {
-    "Conv",
-    "ConvTranspose",
-    "BatchNormalization",
-    "InstanceNormalization",
-    "GroupNormalization",
-    "MaxPool",
-    "AveragePool",
-    "LpPool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "GlobalLpPool",
-    "LRN",
-    "FusedConv",
-    "QLinearConv",
-    "ConvInteger",
-    "DepthToSpace",
-    "SpaceToDepth",
-    "Resize",
-    "Upsample",
-    "MaxUnpool",
-    "RoiAlign",
-}
-# Ops whose output has its features on the last axis.
-_LAST_AXIS_OPS = {
-    "Gemm",
-    "MatMul",
-    "FusedGemm",
-    "FusedMatMul",
-    "LayerNormalization",
-    "Flatten",
-    "Reshape",
-    "Gather",
-    "Einsum",
-    "SkipLayerNormalization",
-    "SkipSimplifiedLayerNormalization",
-    "SimplifiedLayerNormalization",
-    "RMSNormalization",
-    "Attention",
-    "MultiHeadAttention",
-}
 # Ops between a pattern's input x and its non-linear core (x/√2, x + 0.044715·x³, softplus(x)…).
 _INNER_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Softplus", "Exp", "Log", "Neg", "Sqrt"}
 _GATE_CORES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish", "Erf": "GELU (erf)", "Tanh": "GELU (tanh)"}
-_CONTROL_FLOW = {"If", "Loop", "Scan"}
-# Quantised weighted ops: their integer outputs are not scored (quantised models are out of scope).
-_QUANTISED = {
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-}
 
 
 @dataclass(frozen=True)
@@ -412,7 +333,7 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
             sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
         elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION and not _fused_activation(n):
             sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
-        elif key in _MATMULS and any(index.is_const(x) for x in n.input[:2]):
+        elif key in MATMULS and any(index.is_const(x) for x in n.input[:2]):
             if all(index.is_const(x) for x in n.input[:2]):
                 continue
             sites.append(_with_bias(index, n.output[0], n.op_type, i))
@@ -549,7 +470,7 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
     """What the taps cannot see: control-flow bodies and fused pre-activations."""
     out: list[Untappable] = []
     for i, n in enumerate(index.nodes):
-        if n.op_type in _CONTROL_FLOW:
+        if n.op_type in CONTROL_FLOW:
             inside = sorted(_scorable_ops_in_subgraphs(n))
             if inside:
                 out.append(
@@ -560,7 +481,7 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
                         "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
                     )
                 )
-        elif n.op_type in _QUANTISED:
+        elif n.op_type in QUANTISED:
             out.append(
                 Untappable(
                     index.label(i),
@@ -597,9 +518,9 @@ def _scorable_ops_in_subgraphs(n: onnx.NodeProto) -> list[str]:
         graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
         for g in graphs:
             for m in g.node:
-                if m.op_type in WEIGHTED or m.op_type in NATIVE_ACTIVATIONS or m.op_type == "MatMul":
+                if scorable_in_body(m.op_type):
                     found.append(m.op_type)
-                if m.op_type in _CONTROL_FLOW:
+                if m.op_type in CONTROL_FLOW:
                     found.extend(_scorable_ops_in_subgraphs(m))
     return found
 
@@ -617,9 +538,9 @@ def feature_axes(index: GraphIndex) -> dict[str, tuple[int, str]]:
             continue
         label = index.label(i)
         n.output[0]
-        if n.op_type in _CHANNEL_OPS:
+        if n.op_type in CHANNEL_OPS:
             value = (1, f"{n.op_type} output: channels on axis 1")
-        elif n.op_type in _LAST_AXIS_OPS:
+        elif n.op_type in LAST_AXIS_OPS:
             value = (-1, f"{n.op_type} output: features on the last axis")
         elif n.op_type == "Transpose":
             value = _through_transpose(index, n, axes, label)
@@ -715,18 +636,14 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
     return TapPlan(tuple(taps), tuple(find_untappable(index)))
 
 
-# Ops whose output depends on their input's shape only, never on its values.
-_SHAPE_ONLY = {"Shape", "Size", "EyeLike"}
-
-
 def data_dependent(index: GraphIndex) -> set[str]:
     """The tensors computed from the values of the model's inputs (SPEC §2: only those are
     taps).  Constants are not, and neither is what is computed from input *shapes* alone —
     a rotary embedding's table, inverse frequencies × Range(Shape(x)) positions."""
     out = set(index.graph_inputs)
     for n in index.nodes:
-        if n.op_type in _SHAPE_ONLY or n.op_type in _CONTROL_FLOW:
-            if n.op_type in _CONTROL_FLOW:  # a subgraph may read anything: its outputs may be data
+        if n.op_type in SHAPE_ONLY or n.op_type in CONTROL_FLOW:
+            if n.op_type in CONTROL_FLOW:  # a subgraph may read anything: its outputs may be data
                 out.update(o for o in n.output if o)
             continue
         if any(x in out for x in n.input if x):

@@ -91,3 +91,41 @@ def test_every_scheme_runs_and_reinit_repetitions_differ(tmp_path: object) -> No
         r = onnx_near.score(path, reinit=scheme, repetitions=3, seed=0)
         assert len(set(r.scores)) == 3, scheme
         assert onnx_near.score(path, reinit=scheme, repetitions=3, seed=0).scores == r.scores
+
+
+def _in_constant_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """``m`` with every initializer moved into a Constant node (as Paddle and OpenVINO
+    conversions keep their weights), the Conv weight behind a Cast from float16."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    nodes = []
+    for t in out.graph.initializer:
+        if t.name == "conv_w":
+            half = numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), "conv_w_half")
+            nodes.append(onnx.helper.make_node("Constant", [], ["conv_w_half"], value=half))
+            nodes.append(onnx.helper.make_node("Cast", ["conv_w_half"], ["conv_w"], to=onnx.TensorProto.FLOAT))
+        else:
+            nodes.append(onnx.helper.make_node("Constant", [], [t.name], value=t))
+    del out.graph.initializer[:]
+    nodes.extend(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_weights_in_constant_nodes_are_redrawn_like_initializers() -> None:
+    """A weight is a weight wherever the graph keeps it: the same roles and the same draws
+    (same seed) for Constant-held weights as for initializers, written back into the nodes."""
+    plain, held = _layers(), _in_constant_nodes(_layers())
+    roles = [(r.fan_in, r.fan_out, r.transposed, r.bias) for r in weight_roles(GraphIndex(held))]
+    assert roles == [(r.fan_in, r.fan_out, r.transposed, r.bias) for r in weight_roles(GraphIndex(plain))]
+    a = _weights(reinitialize(plain, "xavier-normal", np.random.default_rng(3)))
+    redrawn = reinitialize(held, "xavier-normal", np.random.default_rng(3))
+    values = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in redrawn.graph.node if n.op_type == "Constant"
+    }
+    assert values["conv_w_half"].dtype == np.float16
+    np.testing.assert_allclose(values["conv_w_half"], a["conv_w"].astype(np.float16))
+    for name in ("gemm_w", "mm_w", "mm_b", "conv_b"):
+        np.testing.assert_array_equal(values[name], a[name])
+    assert not np.all(values["gemm_w"] == 0)
