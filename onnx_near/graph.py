@@ -172,7 +172,9 @@ def parameter_count(index: GraphIndex) -> int:
     Every such alias an op uses counts on its own, and the initializer itself only where an
     op uses it directly (or nothing in the main graph uses it: a subgraph may).
     BatchNormalization's running mean and variance are statistics, not parameters, and are
-    left out (as PyTorch counts them); integer initializers (shapes, indices) too.
+    left out (as PyTorch counts them); integer initializers (shapes, indices) too — except
+    the quantised weights a DequantizeLinear reads, which count as the parameters they stand
+    for (their scales and zero points do not).
     """
     source: dict[str, str] = {}  # Identity output → the initializer it names
     for n in index.nodes:
@@ -184,10 +186,12 @@ def parameter_count(index: GraphIndex) -> int:
     direct = {i for n in index.nodes if n.op_type != "Identity" for i in n.input} | index.graph_outputs
     aliased = set(source.values())
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    quantised, quant_params = _quantisation(index)
+    stats |= quant_params
 
     def size(name: str) -> int:
         t = index.initializers[source.get(name, name)]
-        if t.data_type not in floats or name in stats:
+        if (t.data_type not in floats and name not in quantised) or name in stats:
             return 0
         return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
 
@@ -195,18 +199,34 @@ def parameter_count(index: GraphIndex) -> int:
     return total + sum(size(name) for name in source if name in direct) + _constant_node_weights(index, stats)
 
 
+def _quantisation(index: GraphIndex) -> tuple[set[str], set[str]]:
+    """The tensors DequantizeLinear nodes read as data (quantised weights), and the scales
+    and zero points of the (De)QuantizeLinear nodes (quantisation parameters, not weights)."""
+    data = {n.input[0] for n in index.nodes if n.op_type == "DequantizeLinear" and n.input}
+    params = {
+        n.input[k]
+        for n in index.nodes
+        if n.op_type in ("DequantizeLinear", "QuantizeLinear")
+        for k in (1, 2)
+        if len(n.input) > k and n.input[k]
+    }
+    return data, params
+
+
 def _constant_node_weights(index: GraphIndex, stats: set[str]) -> int:
     """Elements of the weights held in Constant nodes (Paddle and OpenVINO conversions,
-    simplified graphs keep every weight there): float tensors of more than one element, seen
+    simplified graphs keep every weight there): float tensors of more than one element and
+    the quantised weights DequantizeLinear reads, seen
     through Cast/Identity/DequantizeLinear chains; scalars (GELU's 0.5) are arithmetic, and
     BatchNorm statistics are left out as for initializers."""
     root: dict[str, str] = {}
     sizes: dict[str, int] = {}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    quantised, _ = _quantisation(index)
     for n in index.nodes:
         if n.op_type == "Constant" and n.output and n.output[0]:
             t = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
-            if t is not None and t.data_type in floats:
+            if t is not None and (t.data_type in floats or n.output[0] in quantised) and n.output[0] not in stats:
                 count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
                 if count > 1:
                     root[n.output[0]] = n.output[0]

@@ -423,3 +423,61 @@ def test_weights_handed_over_as_arrays_give_the_same_outputs(tmp_path: Path) -> 
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run([out], {"x": x})[0]
     got = Runner(model, tmp_path, "cpu", [out]).run({"x": x})[out]
     assert np.array_equal(got, want)
+
+
+def test_weights_in_constant_nodes_score_like_initializers(tmp_path: Path) -> None:
+    """Issue #11 item 6: a weight is a weight wherever the graph keeps it.  The same network
+    with its weights in Constant nodes (the Conv's behind DequantizeLinear, the Gemm's behind
+    Cast, as Paddle/OpenVINO conversions write them) has the same taps, structural ranks,
+    parameter count, MACs and NEAR score as with initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_near.graph import GraphIndex
+    from onnx_near.rewrite import infer_shapes
+    from onnx_near.taps import plan_taps
+
+    g = Graph()
+    c = g.op("Conv", g.input("x", ["N", 3, 8, 8]), g.weight(6, 3, 3, 3), g.weight(6), pads=[1, 1, 1, 1])
+    f = g.op("Flatten", g.op("Relu", c))
+    g.output(g.op("Tanh", g.op("Gemm", f, g.weight(6 * 64, 10), g.weight(10))), ["N", 10])
+    plain = g.model()
+    held = onnx.ModelProto()
+    held.CopyFrom(plain)
+    nodes = []
+    conv_w, gemm_w = plain.graph.node[0].input[1], next(n for n in plain.graph.node if n.op_type == "Gemm").input[1]
+    for t in held.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if t.name == conv_w:  # int8 with a scale, dequantised: exactly the same float values
+            scale = np.float32(np.abs(w).max() / 127)
+            q = np.round(w / scale).astype(np.int8)
+            w = q.astype(np.float32) * scale
+            nodes += [
+                helper.make_node("Constant", [], ["q"], value=numpy_helper.from_array(q, "q")),
+                helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array(scale), "s")),
+                helper.make_node("DequantizeLinear", ["q", "s"], [t.name]),
+            ]
+            plain.graph.initializer[[i.name for i in plain.graph.initializer].index(t.name)].CopyFrom(
+                numpy_helper.from_array(w, t.name)
+            )
+        elif t.name == gemm_w:
+            half = numpy_helper.from_array(w.astype(np.float64), "w64")
+            nodes += [
+                helper.make_node("Constant", [], ["w64"], value=half),
+                helper.make_node("Cast", ["w64"], [t.name], to=TensorProto.FLOAT),
+            ]
+        else:
+            nodes.append(helper.make_node("Constant", [], [t.name], value=t))
+    del held.graph.initializer[:]
+    nodes.extend(held.graph.node)
+    del held.graph.node[:]
+    held.graph.node.extend(nodes)
+
+    def taps(m: onnx.ModelProto) -> list[tuple[str, str, int | None]]:
+        return [(t.op, t.role, t.rank_bound) for t in plan_taps(GraphIndex(infer_shapes(m))).taps]
+
+    assert taps(held) == taps(plain)
+    assert [b for _, _, b in taps(plain)] == [28, None, 6 * 64 + 1, None]  # Conv 3·3·3 + bias, Gemm 384 + bias
+    a = onnx_near.score(save(plain, tmp_path / "plain.onnx"), shapes={"x": (4, 3, 8, 8)}, seed=0)
+    b = onnx_near.score(save(held, tmp_path / "held.onnx"), shapes={"x": (4, 3, 8, 8)}, seed=0)
+    assert (b.params, b.macs) == (a.params, a.macs) == (6 * 3 * 9 + 6 + 384 * 10 + 10, 64 * 6 * 27 + 384 * 10)
+    assert b.score == pytest.approx(a.score, rel=1e-6)
