@@ -8,6 +8,10 @@ splits each fused node back into the standard ops it stands for; the values are 
 
     before:  x ─ FusedConv(W, B, activation="Relu") ─ y
     after:   x ─ Conv(W, B) ─ c ─ Relu ─ y
+
+Every activation onnxruntime's fusions put into a FusedConv or a FusedGemm is split back out
+(:data:`FUSED_CONV_ACTIVATIONS`, :data:`FUSED_GEMM_ACTIVATIONS`, read from its optimiser and
+kernels), with the parameters the fused node holds.
 """
 
 from __future__ import annotations
@@ -28,17 +32,72 @@ MS = "com.microsoft"
 
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 _GEMM_ATTRS = ("alpha", "beta", "transA", "transB")
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+# The activations onnxruntime fuses into a FusedConv, each with the names of the floats its
+# ``activation_params`` attribute lists, in order.  ConvActivationFusion (core/optimizer/
+# conv_activation_fusion.cc) takes Relu, Sigmoid, Tanh, LeakyRelu, Clip with constant bounds on any
+# compatible provider, HardSigmoid on the CPU only, Relu only on CUDA/ROCm; ConvAddActivationFusion
+# (ORT_ENABLE_ALL, conv_add_act_fusion.cc) the same list after a residual Add, which becomes the
+# fourth input.  The CPU kernel (contrib_ops/cpu/fused_activation.cc) runs exactly these, Silu too
+# in its newest versions.
+FUSED_CONV_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "Relu": (),
+    "Sigmoid": (),
+    "Tanh": (),
+    "Silu": (),
+    "LeakyRelu": ("alpha",),
+    "HardSigmoid": ("alpha", "beta"),
+    "Clip": ("min", "max"),
+}
+# The activations onnxruntime fuses into a FusedGemm (GemmActivationFusion, gemm_activation_fusion.cc,
+# CPU only), each with the attributes it copies from the activation as ``activation_<name>``; its
+# kernel (ElementWiseRangedTransform::Create, core/providers/cpu/activation/activations.cc) runs
+# exactly these.  ScaledTanh and ParametricSoftplus are the experimental ops of opsets 1-9.
+FUSED_GEMM_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "Relu": (),
+    "Sigmoid": (),
+    "Tanh": (),
+    "Softplus": (),
+    "Softsign": (),
+    "LeakyRelu": ("alpha",),
+    "Elu": ("alpha",),
+    "ThresholdedRelu": ("alpha",),
+    "HardSigmoid": ("alpha", "beta"),
+    "Selu": ("alpha", "gamma"),
+    "ScaledTanh": ("alpha", "beta"),
+    "ParametricSoftplus": ("alpha", "beta"),
+}
+# A parameter the fused node leaves out means the standard op's default (onnxruntime itself writes
+# them all in); ScaledTanh's and ParametricSoftplus's have none, and Clip's bounds are a float's range.
+_DEFAULTS: dict[tuple[str, str], float] = {
+    ("LeakyRelu", "alpha"): 0.01,
+    ("Elu", "alpha"): 1.0,
+    ("ThresholdedRelu", "alpha"): 1.0,
+    ("HardSigmoid", "alpha"): 0.2,
+    ("HardSigmoid", "beta"): 0.5,
+    ("Selu", "alpha"): 1.67326319217681884765625,
+    ("Selu", "gamma"): 1.05070102214813232421875,
+    ("Clip", "min"): -_FLT_MAX,
+    ("Clip", "max"): _FLT_MAX,
+}
 
 
 class _Builder:
     """Fresh tensor names and constants for the nodes that replace one fused node."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self.taken = {t.name for t in model.graph.initializer}
-        for n in model.graph.node:
+    def __init__(self, model: onnx.ModelProto, opset: int):
+        self.opset = opset
+        g = model.graph
+        self.taken = {t.name for t in g.initializer}
+        for n in g.node:
             self.taken.update(n.input)
             self.taken.update(n.output)
-        self.taken.update(v.name for v in model.graph.input)
+        self.taken.update(v.name for v in g.input)
+        self.elem_types = {t.name: t.data_type for t in g.initializer}
+        for v in [*g.input, *g.value_info, *g.output]:
+            if v.type.tensor_type.elem_type:
+                self.elem_types.setdefault(v.name, v.type.tensor_type.elem_type)
         self.initializers: list[onnx.TensorProto] = []
 
     def name(self, stem: str) -> str:
@@ -48,10 +107,15 @@ class _Builder:
         self.taken.add(f"{stem}_{k}")
         return f"{stem}_{k}"
 
-    def scalar(self, stem: str, value: float) -> str:
+    def scalar(self, stem: str, value: float, elem_type: int = onnx.TensorProto.FLOAT) -> str:
         name = self.name(stem)
-        self.initializers.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+        self.initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
         return name
+
+    def elem_type(self, *names: str) -> int:
+        """The element type of the first of ``names`` whose type is known (float if none is)."""
+        return next((self.elem_types[t] for t in names if t in self.elem_types), onnx.TensorProto.FLOAT)
 
 
 def _copy_attrs(n: onnx.NodeProto, names: tuple[str, ...]) -> dict[str, Any]:
@@ -59,26 +123,61 @@ def _copy_attrs(n: onnx.NodeProto, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _activation_nodes(
-    b: _Builder, kind: str, params: list[float], x: str, y: str, label: str
-) -> list[onnx.NodeProto] | None:
-    """The standard node for a fused activation named ``kind``; None when unknown."""
+    b: _Builder, kind: str, params: dict[str, float], x: str, y: str, label: str, elem_type: int
+) -> list[onnx.NodeProto]:
+    """The standard nodes computing activation ``kind`` with ``params`` (every one it takes) from
+    ``x`` into ``y``; the experimental ScaledTanh and ParametricSoftplus become
+    ``alpha · Tanh(beta · x)`` and ``alpha · Softplus(beta · x)``, Silu ``x · Sigmoid(x)``."""
     name = f"{label}/{kind}"
-    if kind in ("Relu", "Tanh", "Sigmoid"):
-        return [helper.make_node(kind, [x], [y], name=name)]
-    if kind == "LeakyRelu":
-        return [helper.make_node(kind, [x], [y], name=name, alpha=params[0] if params else 0.01)]
-    if kind == "HardSigmoid":
-        alpha, beta = (params + [0.2, 0.5][len(params) :])[:2]
-        return [helper.make_node(kind, [x], [y], name=name, alpha=alpha, beta=beta)]
-    if kind == "Clip" and len(params) >= 2:
-        lo, hi = b.scalar(f"{label}/clip_min", params[0]), b.scalar(f"{label}/clip_max", params[1])
+    if kind == "Clip":
+        if b.opset < 11:  # Clip-6 holds its bounds as attributes
+            return [helper.make_node("Clip", [x], [y], name=name, min=params["min"], max=params["max"])]
+        lo = b.scalar(f"{label}/clip_min", params["min"], elem_type)
+        hi = b.scalar(f"{label}/clip_max", params["max"], elem_type)
         return [helper.make_node("Clip", [x, lo, hi], [y], name=name)]
-    return None
+    if kind == "Silu":
+        s = b.name(f"{label}/sigmoid")
+        return [
+            helper.make_node("Sigmoid", [x], [s], name=f"{label}/Sigmoid"),
+            helper.make_node("Mul", [x, s], [y], name=f"{label}/Mul"),
+        ]
+    if kind in ("ScaledTanh", "ParametricSoftplus"):
+        inner = "Tanh" if kind == "ScaledTanh" else "Softplus"
+        scaled, core = b.name(f"{label}/scaled_input"), b.name(f"{label}/{inner.lower()}")
+        beta, alpha = b.scalar(f"{label}/beta", params["beta"]), b.scalar(f"{label}/alpha", params["alpha"])
+        return [
+            helper.make_node("Mul", [x, beta], [scaled], name=f"{label}/MulBeta"),
+            helper.make_node(inner, [scaled], [core], name=f"{label}/{inner}"),
+            helper.make_node("Mul", [core, alpha], [y], name=f"{label}/MulAlpha"),
+        ]
+    attrs: dict[str, Any] = dict(params)
+    return [helper.make_node(kind, [x], [y], name=name, **attrs)]
 
 
-def _split_fused_conv(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
+def _params(kind: str, names: tuple[str, ...], given: dict[str, float]) -> dict[str, float] | None:
+    """Every parameter of ``kind``: those given, the standard defaults for the rest; None when one
+    without a default is missing."""
+    out: dict[str, float] = {}
+    for k in names:
+        v = given.get(k, _DEFAULTS.get((kind, k)))
+        if v is None:
+            return None
+        out[k] = v
+    return out
+
+
+def _split_fused_conv(b: _Builder, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """FusedConv(x, W, B, Z) = act(Conv(x, W, B) + Z), ``activation_params`` in the kernel's order."""
     kind = _text(attribute(n, "activation", b""))
-    params = list(attribute(n, "activation_params", []) or [])
+    if kind and kind not in FUSED_CONV_ACTIVATIONS:
+        return None
+    names = FUSED_CONV_ACTIVATIONS.get(kind, ())
+    values = [float(v) for v in attribute(n, "activation_params", []) or []]
+    if values and len(values) != len(names):  # onnxruntime refuses such a node too
+        return None
+    params = _params(kind, names, dict(zip(names, values)))
+    if params is None:
+        return None
     label = n.name or f"FusedConv_{n.output[0]}"
     conv_out = b.name(f"{label}/conv_output")
     nodes = [
@@ -88,27 +187,28 @@ def _split_fused_conv(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.N
     if len(n.input) > 3 and n.input[3]:  # the fused residual sum: act(conv(x) + z)
         pre = b.name(f"{label}/sum")
         nodes.append(helper.make_node("Add", [conv_out, n.input[3]], [pre], name=f"{label}/Add"))
-    act = (
-        _activation_nodes(b, kind, params, pre, n.output[0], label)
-        if kind
-        else [helper.make_node("Identity", [pre], [n.output[0]], name=f"{label}/Identity")]
-    )
-    return None if act is None else nodes + act
-
-
-def _split_fused_gemm(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
-    kind = _text(attribute(n, "activation", b""))
     if not kind:
+        return [*nodes, helper.make_node("Identity", [pre], [n.output[0]], name=f"{label}/Identity")]
+    return nodes + _activation_nodes(b, kind, params, pre, n.output[0], label, b.elem_type(n.input[1], n.input[0]))
+
+
+def _split_fused_gemm(b: _Builder, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """FusedGemm(A, B, C) = act(Gemm(A, B, C)), the activation's attributes named ``activation_*``."""
+    kind = _text(attribute(n, "activation", b""))
+    if kind not in FUSED_GEMM_ACTIVATIONS:
         return None
-    params = [attribute(n, k) for k in ("activation_alpha", "activation_beta", "activation_gamma")]
+    names = FUSED_GEMM_ACTIVATIONS[kind]
+    given = {k: float(v) for k in names if (v := attribute(n, f"activation_{k}")) is not None}
+    params = _params(kind, names, given)
+    if params is None:
+        return None
     label = n.name or f"FusedGemm_{n.output[0]}"
     gemm_out = b.name(f"{label}/gemm_output")
     gemm = helper.make_node("Gemm", list(n.input), [gemm_out], name=f"{label}/Gemm", **_copy_attrs(n, _GEMM_ATTRS))
-    act = _activation_nodes(b, kind, [float(p) for p in params if p is not None], gemm_out, n.output[0], label)
-    return None if act is None else [gemm, *act]
+    return [gemm, *_activation_nodes(b, kind, params, gemm_out, n.output[0], label, onnx.TensorProto.FLOAT)]
 
 
-def _split_bias_gelu(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
+def _split_bias_gelu(b: _Builder, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """BiasGelu(x, bias) and FastGelu(x, bias) become Add(x, bias) → (Gelu | FastGelu)(·)."""
     if len(n.input) < 2 or not n.input[1]:
         return None
@@ -121,10 +221,10 @@ def _split_bias_gelu(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.No
     ]
 
 
-def _split_skip_layer_norm(b: _Builder, n: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
+def _split_skip_layer_norm(b: _Builder, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """SkipLayerNormalization(x, skip, gamma, beta, bias) = LayerNorm(x + (skip + bias))."""
     outs = list(n.output) + [""] * (4 - len(n.output))
-    if opset < 17 or outs[1] or outs[2]:  # mean / inv-std outputs in use, or no native LayerNorm
+    if b.opset < 17 or outs[1] or outs[2]:  # mean / inv-std outputs in use, or no native LayerNorm
         return None
     ins = list(n.input) + [""] * (5 - len(n.input))
     x, skip, gamma, beta, bias = ins[:5]
@@ -144,7 +244,7 @@ def _split_skip_layer_norm(b: _Builder, n: onnx.NodeProto, opset: int) -> list[o
     return nodes
 
 
-_SPLITTERS: dict[str, Callable[[_Builder, onnx.NodeProto, int], list[onnx.NodeProto] | None]] = {
+_SPLITTERS: dict[str, Callable[[_Builder, onnx.NodeProto], list[onnx.NodeProto] | None]] = {
     "FusedConv": _split_fused_conv,
     "FusedGemm": _split_fused_gemm,
     "BiasGelu": _split_bias_gelu,
@@ -156,18 +256,20 @@ _SPLITTERS: dict[str, Callable[[_Builder, onnx.NodeProto, int], list[onnx.NodePr
 def defuse_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     """Afterwards: no FusedConv/FusedGemm with an activation, BiasGelu, FastGelu with a bias,
     or SkipLayerNormalization remains in the main graph; each is replaced by the standard ops
-    it fuses, keeping its output names.  Nodes it cannot split are left as they are."""
+    it fuses, keeping its output names.  Nodes it cannot split (an activation outside
+    :data:`FUSED_CONV_ACTIVATIONS` / :data:`FUSED_GEMM_ACTIVATIONS`, a parameter missing that has
+    no default) are left as they are, and the tap finder lists their pre-activation as hidden."""
     if not any(n.domain == MS and n.op_type in _SPLITTERS for n in model.graph.node):
         return model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    b = _Builder(out)
+    b = _Builder(out, opset)
     nodes: list[onnx.NodeProto] = []
     split = 0
     for n in out.graph.node:
         splitter = _SPLITTERS.get(n.op_type) if n.domain == MS else None
-        replacement = splitter(b, n, opset) if splitter else None
+        replacement = splitter(b, n) if splitter else None
         if replacement is None:
             nodes.append(n)
         else:
