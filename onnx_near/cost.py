@@ -56,6 +56,8 @@ def _static(dims: list[int | str | None] | None) -> list[int] | None:
 
 
 def _node_macs(index: GraphIndex, n: onnx.NodeProto) -> int | None:
+    if len(n.input) < 2 or not n.output:  # malformed (onnxruntime will refuse it): nothing to count
+        return None
     out = _static(index.dims(n.output[0]))
     if out is None:
         return None

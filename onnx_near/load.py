@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.defs
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from .errors import ModelLoadError
 
@@ -64,8 +67,52 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelLoadError(f"{str(p)!r} is not an ONNX model: it parsed, but holds no IR version or no graph nodes")
     _check_external_data(proto, p)
+    _densify_sparse(proto, p)
     _check_graph(proto, p)
     return LoadedModel(proto=proto, path=p.resolve())
+
+
+# A sparse initializer is stored densely for the run: refused beyond this many bytes dense.
+MAX_DENSE_BYTES = 1 << 31
+
+
+def _densify_sparse(proto: onnx.ModelProto, path: Path) -> None:
+    """The main graph's sparse initializers become ordinary (dense) initializers of the same
+    name and values, so every stage — and onnxruntime — sees them as the weights they are."""
+    g = proto.graph
+    if not len(g.sparse_initializer):
+        return
+    dense: list[onnx.TensorProto] = []
+    for sp in g.sparse_initializer:
+        name = sp.values.name
+        if sp.values.data_location == onnx.TensorProto.EXTERNAL or sp.indices.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelLoadError(
+                f"{path.name!r}: sparse initializer {name!r} keeps its values in external data, which onnx-near "
+                "does not read; store it inline or as a dense initializer"
+            )
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(sp.values.data_type)
+            dims = [int(d) for d in sp.dims]
+            if any(d < 0 for d in dims) or math.prod(dims) * np.dtype(dtype).itemsize > MAX_DENSE_BYTES:
+                raise ModelLoadError(
+                    f"{path.name!r}: sparse initializer {name!r} of shape {dims} would take more than "
+                    f"{MAX_DENSE_BYTES >> 30} GiB dense"
+                )
+            values = numpy_helper.to_array(sp.values).reshape(-1)
+            indices = numpy_helper.to_array(sp.indices).astype(np.int64)
+            out = np.zeros(math.prod(dims), dtype=dtype)
+            flat = indices.reshape(-1) if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+            out[flat] = values
+        except ModelLoadError:
+            raise
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise ModelLoadError(
+                f"{path.name!r} is broken: sparse initializer {name!r} does not hold valid values and indices "
+                f"for its shape {list(sp.dims)}"
+            ) from e
+        dense.append(numpy_helper.from_array(out.reshape(dims), name))
+    del g.sparse_initializer[:]
+    g.initializer.extend(dense)
 
 
 def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
@@ -166,21 +213,48 @@ def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto
     return order
 
 
+def _stored_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor the file stores: initializers, Constant values and attributes (subgraphs
+    included), and the values and indices of sparse initializers."""
+    tensors = list(onnx.external_data_helper._get_all_tensors(proto))
+    graphs = [proto.graph]
+    while graphs:
+        g = graphs.pop()
+        for sp in g.sparse_initializer:
+            tensors += [sp.values, sp.indices]
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    tensors += [a.sparse_tensor.values, a.sparse_tensor.indices]
+                graphs += [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+    return tensors
+
+
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Every external data location must be a file inside the model's folder."""
+    """Every external data location must be a regular file inside the model's folder."""
     base = path.resolve().parent
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in _stored_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if "\x00" in location:
+            raise ModelLoadError(
+                f"initializer {tensor.name!r} keeps its data at a location with a NUL byte ({location[:60]!r}), "
+                "which no file can have"
+            )
         target = (base / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise ModelLoadError(
                 f"initializer {tensor.name!r} keeps its data at {location!r}, outside the model's "
                 f"folder {str(base)!r}; external data must lie beside the model"
             )
-        if not target.is_file():
+        if not target.exists():
             raise ModelLoadError(
                 f"initializer {tensor.name!r} keeps its data in {location!r}, which is missing from {str(base)!r}"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"initializer {tensor.name!r} keeps its data in {location!r}, which is not a regular file "
+                "(a directory, FIFO or device); external data must be a file beside the model"
             )

@@ -252,4 +252,16 @@ def _ort_message(e: BaseException) -> str:
     text = " ".join(str(e).split())
     text = re.sub(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
     text = re.sub(r"/onnxruntime_src/\S+\s*", "", text)
-    return text[:400] or type(e).__name__
+    text = re.sub(r"\b(?:void|[\w:<>]+) onnxruntime::[^(]*\([^)]*\)\s*", "", text)  # a C++ signature
+    return _sentences(text, 400) or type(e).__name__
+
+
+def _sentences(text: str, limit: int) -> str:
+    """``text`` cut at the end of its last whole sentence within ``limit`` characters (at a
+    word, with an ellipsis, when even the first sentence is longer)."""
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(". ", 0, limit), text.rfind("; ", 0, limit))
+    if cut > limit // 4:
+        return text[: cut + 1]
+    return text[: text.rfind(" ", 0, limit - 1)] + "…"

@@ -170,3 +170,77 @@ def test_nodes_listed_in_reverse_are_sorted_in_linear_time(tmp_path: Path) -> No
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
     loaded = load_model(path)
     assert [node.name for node in loaded.proto.graph.node] == [f"r{k}" for k in range(n)]
+
+
+def test_nul_byte_in_an_external_data_location(tmp_path: Path) -> None:
+    """Issue #13 item 4: one sentence, exit 2 (it was "internal error: ValueError: embedded null byte")."""
+    refused("score", str(_external(tmp_path, "w\x00.bin")), match="NUL byte")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_external_data_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Issue #13 item 9: a directory or FIFO is "not a regular file", not "missing"."""
+    path = _external(tmp_path, "w.bin")
+    os.remove(path.parent / "w.bin")
+    if kind == "directory":
+        (path.parent / "w.bin").mkdir()
+    else:
+        os.mkfifo(path.parent / "w.bin")
+    refused("score", str(path), match="not a regular file")
+
+
+def test_sparse_initializer_is_a_weight(tmp_path: Path) -> None:
+    """Issue #13 item 8: a valid model with a ``sparse_initializer`` (the checker accepts it,
+    onnxruntime runs it) scores like the same model with the dense initializer, taps and
+    parameter count included."""
+    rng = np.random.default_rng(0)
+    dense = np.zeros((6, 8), np.float32)
+    dense.flat[rng.choice(48, 12, replace=False)] = rng.standard_normal(12)
+
+    def model(sparse: bool) -> onnx.ModelProto:
+        flat = np.flatnonzero(dense)
+        values = numpy_helper.from_array(dense.flat[flat].astype(np.float32), "w")
+        init = [] if sparse else [numpy_helper.from_array(dense, "w")]
+        sp = [helper.make_sparse_tensor(values, numpy_helper.from_array(flat.astype(np.int64), "w_i"), [6, 8])]
+        g = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+            init,
+            sparse_initializer=sp if sparse else [],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+        onnx.checker.check_model(m)
+        return m
+
+    a = onnx_near.score(save(model(False), tmp_path / "dense.onnx"), seed=0)
+    b = onnx_near.score(save(model(True), tmp_path / "sparse.onnx"), seed=0)
+    assert [(t.op, t.erank) for t in b.layers] == [(t.op, t.erank) for t in a.layers] and len(a.layers) == 2
+    assert b.params == a.params == 48 and b.score == a.score
+
+
+def test_onnxruntime_messages_are_cut_at_a_sentence(tmp_path: Path) -> None:
+    """Issue #13 item 9: onnxruntime's long message for a default-domain opset of 10⁹ was cut
+    mid-sentence at 400 characters; now whole sentences, without the C++ signature."""
+    m = mlp()
+    m.opset_import[0].version = 10**9
+    line = refused("score", str(save(m, tmp_path / "m.onnx")), match="1000000000")
+    assert "onnxruntime::" not in line and line.endswith(".") and len(line) < 480
+
+
+def test_one_input_conv_with_a_static_output_is_refused_cleanly(tmp_path: Path) -> None:
+    """Issue #13 item 4: a one-input Conv whose output shape is declared static made the MAC
+    count fail with IndexError; onnxruntime's refusal is the sentence now."""
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+        value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    from onnx_near.cost import count_macs
+
+    assert count_macs(m, {"x": (3, 8, 8)}) is None
+    refused("score", str(save(m, tmp_path / "m.onnx")), match="Conv")
