@@ -57,7 +57,17 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         raise ModelLoadError(f"model file {str(p)!r} is empty, expected an ONNX model")
     try:
         proto = onnx.load_model(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
+    except DecodeError as e:
+        if "MaxDepth" in str(e) or "recursion" in str(e).lower():
+            raise ModelLoadError(
+                f"{str(p)!r} nests its messages (subgraphs within subgraphs) deeper than the protobuf parser "
+                "allows (100 levels); no exporter writes such a model"
+            ) from e
+        raise ModelLoadError(
+            f"{str(p)!r} is not a readable ONNX model (the protobuf could not be parsed: "
+            "the file is truncated or not ONNX)"
+        ) from e
+    except (RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelLoadError(
             f"{str(p)!r} is not a readable ONNX model (the protobuf could not be parsed: "
             "the file is truncated or not ONNX)"

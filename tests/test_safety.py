@@ -244,3 +244,43 @@ def test_one_input_conv_with_a_static_output_is_refused_cleanly(tmp_path: Path) 
 
     assert count_macs(m, {"x": (3, 8, 8)}) is None
     refused("score", str(save(m, tmp_path / "m.onnx")), match="Conv")
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, written by hand (onnx's helpers refuse deep nesting)."""
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            low, n = n & 0x7F, n >> 7
+            if not n:
+                return out + bytes([low])
+            out += bytes([low | 0x80])
+
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
+
+
+def test_protobuf_nested_deeper_than_the_parser_allows(tmp_path: Path) -> None:
+    """Issue #13 item 9: 200 Ifs nested in each other's then-branch are not "truncated or not
+    ONNX": the sentence says what is wrong."""
+    leaf = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["o"])], "b", [], [helper.make_tensor_value_info("o", TensorProto.BOOL, [])]
+    ).SerializeToString()
+    g = leaf
+    for _ in range(200):  # NodeProto: input 1, output 2, op_type 4, attribute 5; AttributeProto: name 1, g 6, type 20
+        branch = _field(1, b"then_branch") + _field(6, g) + bytes([0xA0, 0x01, 5])
+        g = _field(1, _field(1, b"c") + _field(2, b"o") + _field(4, b"If") + _field(5, branch)) + _field(2, b"b")
+    m = helper.make_model(
+        helper.make_graph(
+            [],
+            "m",
+            [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("o", TensorProto.BOOL, [])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=10,
+    )
+    body = m.graph.SerializeToString()
+    m.ClearField("graph")
+    (tmp_path / "deep.onnx").write_bytes(m.SerializeToString() + _field(7, body + g))
+    refused("score", str(tmp_path / "deep.onnx"), match="deeper than the protobuf parser allows")
