@@ -21,7 +21,7 @@ from convolutions and channel-wise ops, the last axis for dense/sequence tensors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -70,6 +70,7 @@ class LayerSite:
     tensor: str
     op: str
     node: int
+    feed: str = ""  # the tensor the layer reads its data from
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Tap:
     declared_shape: tuple[int | str | None, ...] | None
     elem_type: int
     rank_bound: int | None = None  # the matrix's rank can be no higher, from the weights' shapes
+    feed: str | None = None  # the tensor its layer or activation reads (role "feed": a tap's feed itself)
+    head: bool = False  # an output head: a model output follows it with no other tap between
 
 
 @dataclass(frozen=True)
@@ -328,15 +331,15 @@ def find_layers(index: GraphIndex) -> list[LayerSite]:
             continue
         key = (n.domain if n.domain != "ai.onnx" else "", n.op_type)
         if key[0] == "" and n.op_type in WEIGHTED:
-            sites.append(LayerSite(n.output[0], n.op_type, i))
+            sites.append(LayerSite(n.output[0], n.op_type, i, _data_input(index, n)))
         elif key[0] == MS and n.op_type in CONTRIB_WEIGHTED:
-            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
+            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i, _data_input(index, n)))
         elif key[0] == MS and n.op_type in FUSED_WITH_ACTIVATION and not _fused_activation(n):
-            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i))
+            sites.append(LayerSite(n.output[0], f"{n.op_type} ({MS})", i, _data_input(index, n)))
         elif key in MATMULS and any(index.is_const(x) for x in n.input[:2]):
             if all(index.is_const(x) for x in n.input[:2]):
                 continue
-            sites.append(_with_bias(index, n.output[0], n.op_type, i))
+            sites.append(_with_bias(index, n.output[0], n.op_type, i, _data_input(index, n)))
         elif key == ("", "Mul"):
             site = _affine(index, n) or _rms_norm(index, n, i)
             if site is not None:
@@ -361,10 +364,10 @@ def _rms_norm(index: GraphIndex, n: onnx.NodeProto, i: int) -> LayerSite | None:
         return None
     if m.op_type == "Div" and len(m.input) == 2:
         x, root = m.input[0], index.node_of(m.input[1])
-    elif m.op_type == "Mul" and len(m.input) == 2:
-        pair = [(a, index.node_of(b)) for a, b in ((m.input[0], m.input[1]), (m.input[1], m.input[0]))]
-        x, recip = next(((a, r) for a, r in pair if r is not None and r.op_type == "Reciprocal"), ("", None))
-        root = index.node_of(recip.input[0]) if recip is not None else None
+    elif m.op_type == "Mul" and len(m.input) == 2:  # x · 1/√…: Reciprocal (dynamo) or Div(1, ·) (TorchScript)
+        pair = [(a, _through_casts(index, b)) for a, b in ((m.input[0], m.input[1]), (m.input[1], m.input[0]))]
+        x, recip = next(((a, r) for a, r in pair if r is not None and _is_reciprocal(index, r)), ("", None))
+        root = index.node_of(recip.input[-1]) if recip is not None else None
     else:
         return None
     if root is None or root.op_type != "Sqrt":
@@ -378,7 +381,15 @@ def _rms_norm(index: GraphIndex, n: onnx.NodeProto, i: int) -> LayerSite | None:
     square = index.node_of(mean.input[0])
     if square is None or not _squares(index, square, _source(index, x)):
         return None
-    return LayerSite(n.output[0], "RMSNorm", i)
+    return LayerSite(n.output[0], "RMSNorm", i, _source(index, x))
+
+
+def _is_reciprocal(index: GraphIndex, n: onnx.NodeProto) -> bool:
+    """``Reciprocal(v)`` or ``Div(1, v)``."""
+    if n.op_type == "Reciprocal":
+        return True
+    one = index.const_value(n.input[0]) if n.op_type == "Div" and len(n.input) == 2 else None
+    return one is not None and one.size == 1 and float(one.reshape(())) == 1.0
 
 
 def _through_casts(index: GraphIndex, t: str) -> onnx.NodeProto | None:
@@ -434,7 +445,7 @@ def _affine(index: GraphIndex, n: onnx.NodeProto) -> LayerSite | None:
         return None
     if not _is_vector(index, shift):
         return None
-    return LayerSite(m.output[0], "Mul+Add (affine)", j)
+    return LayerSite(m.output[0], "Mul+Add (affine)", j, _data_input(index, n))
 
 
 def _is_vector(index: GraphIndex, name: str) -> bool:
@@ -454,7 +465,12 @@ def _const_dims(index: GraphIndex, name: str) -> list[int] | None:
     return [int(d) for d in dims if d is not None]
 
 
-def _with_bias(index: GraphIndex, out: str, op: str, i: int) -> LayerSite:
+def _data_input(index: GraphIndex, n: onnx.NodeProto) -> str:
+    """The first input of ``n`` that is not a constant: what a layer reads its data from."""
+    return next((x for x in n.input if x and not index.is_const(x)), "")
+
+
+def _with_bias(index: GraphIndex, out: str, op: str, i: int, feed: str) -> LayerSite:
     """A MatMul followed by ``Add`` of a constant bias: the layer output is the Add's."""
     users = index.consumers.get(out, [])
     if len(users) == 1 and out not in index.graph_outputs:
@@ -462,8 +478,8 @@ def _with_bias(index: GraphIndex, out: str, op: str, i: int) -> LayerSite:
         m = index.nodes[j]
         other = _other_input(m, out)
         if m.op_type == "Add" and m.domain in ("", "ai.onnx") and other is not None and index.is_const(other):
-            return LayerSite(m.output[0], f"{op}+Add", j)
-    return LayerSite(out, op, i)
+            return LayerSite(m.output[0], f"{op}+Add", j, feed)
+    return LayerSite(out, op, i, feed)
 
 
 def find_untappable(index: GraphIndex) -> list[Untappable]:
@@ -473,12 +489,17 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
         if n.op_type in CONTROL_FLOW:
             inside = sorted(_scorable_ops_in_subgraphs(n))
             if inside:
+                why = (
+                    "tensors inside If/Loop/Scan bodies are not visible as outputs"
+                    if n.op_type == "If"
+                    else f"a {n.op_type} body runs once per iteration, and its tensors are not visible as outputs"
+                )
                 out.append(
                     Untappable(
                         index.label(i),
                         n.op_type,
                         f"{len(inside)} weighted/activation op(s) inside its body ({', '.join(sorted(set(inside)))}) "
-                        "cannot be tapped: tensors inside If/Loop/Scan bodies are not visible as outputs",
+                        f"cannot be tapped: {why}",
                     )
                 )
         elif n.op_type in QUANTISED:
@@ -513,15 +534,22 @@ def find_untappable(index: GraphIndex) -> list[Untappable]:
 
 
 def _scorable_ops_in_subgraphs(n: onnx.NodeProto) -> list[str]:
+    """The ops in the bodies of ``n`` that would be taps in the main graph."""
     found: list[str] = []
     for a in n.attribute:
         graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
         for g in graphs:
-            for m in g.node:
-                if scorable_in_body(m.op_type):
-                    found.append(m.op_type)
-                if m.op_type in CONTROL_FLOW:
-                    found.extend(_scorable_ops_in_subgraphs(m))
+            found.extend(scorable_ops(g))
+    return found
+
+
+def scorable_ops(graph: onnx.GraphProto) -> list[str]:
+    """The ops of a control-flow body (and of the bodies nested in it) that would be taps in
+    the main graph: weighted layers, activations, MatMuls."""
+    found = [m.op_type for m in graph.node if scorable_in_body(m.op_type)]
+    for m in graph.node:
+        if m.op_type in CONTROL_FLOW:
+            found.extend(_scorable_ops_in_subgraphs(m))
     return found
 
 
@@ -572,27 +600,35 @@ def _through_transpose(
     return (new, f"Transpose {label} moved the features to axis {new}")
 
 
-def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | None = None) -> TapPlan:
+def plan_taps(
+    index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | None = None, feeds: bool = False
+) -> TapPlan:
     """The taps of the graph for ``mode`` ("all" or "activations"), in topological order.
 
-    ``axes`` overrides the inferred feature axis, keyed by tap tensor or tap name.
+    ``axes`` overrides the inferred feature axis, keyed by tap tensor or tap name.  Every tap
+    names its *feed*, the tensor its layer or activation reads; with ``feeds`` the feeds that
+    are not taps themselves (a pooled vector, a residual sum, the model's input) are planned
+    too, with role ``"feed"``: they are measured, never counted in the score (vet compares
+    each tap with what it was given).
     """
     activations = find_activations(index)
     roles: dict[str, list[str]] = {}
     meta: dict[str, tuple[str, str, int]] = {}
+    feed_of: dict[str, str] = {}
     data = data_dependent(index)
 
-    def add(tensor: str, role: str, name: str, op: str, node: int) -> None:
+    def add(tensor: str, role: str, name: str, op: str, node: int, feed: str) -> None:
         if tensor in index.graph_inputs or tensor not in data or not tensor:
             return
         if role not in roles.setdefault(tensor, []):
             roles[tensor].append(role)
         if tensor not in meta or (role == "post"):
             meta[tensor] = (name, op, node)
+            feed_of[tensor] = feed
 
     if mode == "all":
         for s in find_layers(index):
-            add(s.tensor, "pre", index.label(s.node), s.op, s.node)
+            add(s.tensor, "pre", index.label(s.node), s.op, s.node, s.feed)
     for a in activations:
         if mode == "activations" and a.pre:
             producer = index.producer.get(a.pre)
@@ -602,8 +638,17 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
                 index.label(producer) if producer is not None else a.pre,
                 _op_of(index, a.pre),
                 producer if producer is not None else -1,
+                _data_input(index, index.nodes[producer]) if producer is not None else "",
             )
-        add(a.post, "post", index.label(a.node), a.kind, a.node)
+        add(a.post, "post", index.label(a.node), a.kind, a.node, a.pre)
+    if feeds:
+        for tensor in list(roles):
+            f = feed_of.get(tensor, "")
+            if f and f not in roles and (f in data or f in index.graph_inputs) and _floating(index, f):
+                roles[f] = ["feed"]
+                producer = index.producer.get(f)
+                meta[f] = (f, _op_of(index, f), producer if producer is not None else -1)
+                feed_of[f] = ""
     inferred = feature_axes(index)
     overrides = dict(axes or {})
     taps: list[Tap] = []
@@ -613,10 +658,13 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
             axis, reason = overrides.get(tensor, overrides.get(name, -1)), "set by the user"
         elif tensor in inferred:
             axis, reason = inferred[tensor]
+        elif rs == ["feed"]:  # a layer reads its features on the axis it writes them (Conv: 1)
+            reader = next(t for t, f in feed_of.items() if f == tensor)
+            axis, reason = _feed_axis(index, reader, inferred, overrides)
         else:
             axis, reason = -1, "no layout known: last axis assumed"
         dims = index.dims(tensor)
-        role = "+".join(r for r in ("pre", "post") if r in rs)
+        role = "feed" if rs == ["feed"] else "+".join(r for r in ("pre", "post") if r in rs)
         natural = tensor in inferred and reason == inferred[tensor][1]  # the feature axis the graph gives
         taps.append(
             Tap(
@@ -630,10 +678,48 @@ def plan_taps(index: GraphIndex, mode: str = "all", axes: Mapping[str, int] | No
                 tuple(dims) if dims is not None else None,
                 index.elem_type(tensor),
                 structural_rank(index, tensor) if natural else None,
+                feed_of.get(tensor) or None,
             )
         )
+    heads = output_heads(index, {t.tensor for t in taps if t.role != "feed"})
+    taps = [replace(t, head=True) if t.tensor in heads else t for t in taps]
     taps.sort(key=lambda t: (t.node, t.tensor))
     return TapPlan(tuple(taps), tuple(find_untappable(index)))
+
+
+def output_heads(index: GraphIndex, taps: set[str]) -> set[str]:
+    """The taps from which a model output is reached without passing another tap: the last
+    layers (a classifier's logits, a detector's class sigmoids), judged as heads by vet."""
+    heads: set[str] = set()
+    seen: set[str] = set()
+    frontier = list(index.graph_outputs)
+    while frontier:
+        t = frontier.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in taps:
+            heads.add(t)
+            continue
+        n = index.node_of(t)
+        if n is not None:
+            frontier.extend(x for x in n.input if x and not index.is_const(x))
+    return heads
+
+
+def _floating(index: GraphIndex, tensor: str) -> bool:
+    elem = index.elem_type(tensor)
+    return elem in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _feed_axis(
+    index: GraphIndex, reader: str, inferred: Mapping[str, tuple[int, str]], overrides: Mapping[str, int]
+) -> tuple[int, str]:
+    """The feature axis of a feed with no layout of its own: that of the tap reading it."""
+    if reader in overrides:
+        return overrides[reader], "the axis set for the tap that reads it"
+    axis = inferred.get(reader, (-1, ""))[0]
+    return axis, f"the axis of the tap that reads it ({reader})"
 
 
 def data_dependent(index: GraphIndex) -> set[str]:

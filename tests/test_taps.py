@@ -694,10 +694,10 @@ def test_structural_rank_claims_nothing_after_full_constant_tensors() -> None:
     assert [structural_rank(index, t) for t in (pos, scaled, ln)] == [None, None, None]
 
 
-@pytest.mark.parametrize("form", ["reciprocal", "div", "mul_square_casts"])
+@pytest.mark.parametrize("form", ["reciprocal", "div", "mul_square_casts", "one_over"])
 def test_rms_norm_pattern_is_a_normalisation_tap(tmp_path: Path, form: str) -> None:
     """RMSNorm as exporters decompose it (Llama: x·Reciprocal(Sqrt(mean(x²) + ε))·γ; T5-style
-    Div; x² as Mul(x, x) with Casts around): tapped as a normalisation (role pre), its matrix
+    Div; x² as Mul(x, x) with Casts around; TorchScript's rsqrt as Div(1, Sqrt(…))): tapped as a normalisation (role pre), its matrix
     the closed form γ·x/√(mean(x²)+ε) of the layer before."""
     from graphs import save
 
@@ -711,7 +711,12 @@ def test_rms_norm_pattern_is_a_normalisation_tap(tmp_path: Path, form: str) -> N
     sq = g.op("Mul", src, src) if form == "mul_square_casts" else g.op("Pow", src, g.const(np.float32(2.0)))
     mean = g.op("ReduceMean", sq, g.const(np.array([-1]), dtype=np.int64), keepdims=1)
     root = g.op("Sqrt", g.op("Add", mean, g.const(np.float32(1e-6))))
-    normed = g.op("Div", src, root) if form == "div" else g.op("Mul", src, g.op("Reciprocal", root))
+    if form == "div":
+        normed = g.op("Div", src, root)
+    elif form == "one_over":
+        normed = g.op("Mul", src, g.op("Div", g.const(np.float32(1.0)), root))
+    else:
+        normed = g.op("Mul", src, g.op("Reciprocal", root))
     gamma = (1.0 + 0.1 * g.rng.standard_normal(8)).astype(np.float32)
     y = g.op("Mul", g.const(gamma), normed)
     g.output(g.op("MatMul", y, g.const(g.rng.standard_normal((8, 4)).astype(np.float32))), ["N", 3, 4])
