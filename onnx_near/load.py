@@ -191,6 +191,33 @@ def _check_text(proto: onnx.ModelProto, path: Path) -> None:
             raise ModelLoadError(
                 f"{path.name!r} is broken: initializer {t.name!r} has a negative dimension {list(t.dims)}"
             )
+        held, expected = _stored_values(t)
+        if held is not None and held != expected:
+            raise ModelLoadError(
+                f"{path.name!r} is broken: initializer {t.name!r} holds {held} values for its shape "
+                f"{list(t.dims)} ({expected} expected)"
+            )
+
+
+# Element types stored a value per whole number of bytes in raw_data (the 4-bit and string
+# types are left to onnxruntime).
+_PACKED = {onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED} | {
+    getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, n)
+}
+
+
+def _stored_values(t: onnx.TensorProto) -> tuple[int | None, int]:
+    """(values the inline tensor ``t`` holds, values its dims call for); None when it keeps
+    its data elsewhere or in a packed form not counted here."""
+    expected = math.prod(int(d) for d in t.dims)
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED:
+        return None, expected
+    if t.HasField("raw_data"):
+        size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        return (len(t.raw_data) // size if len(t.raw_data) % size == 0 else -1), expected
+    complex_pair = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+    held = max(len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.double_data), len(t.uint64_data))
+    return held // complex_pair, expected
 
 
 def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:
@@ -253,7 +280,14 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                 f"initializer {tensor.name!r} keeps its data at a location with a NUL byte ({location[:60]!r}), "
                 "which no file can have"
             )
-        target = (base / location).resolve()
+        try:
+            target = (base / location).resolve()
+            target.is_file()
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"initializer {tensor.name!r} keeps its data at {location[:60]!r}, which is not a usable path "
+                f"({e.strerror if isinstance(e, OSError) and e.strerror else e})"
+            ) from e
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise ModelLoadError(
                 f"initializer {tensor.name!r} keeps its data at {location!r}, outside the model's "
