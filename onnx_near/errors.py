@@ -24,7 +24,10 @@ class GraphError(NearError):
 
 
 class NoTapsError(GraphError):
-    """The graph has no weighted layer and no activation: there is nothing to score."""
+    """Nothing can be scored: the main graph has no weighted layer and no activation.
+
+    When layers lie inside control-flow bodies that stay there (a Loop body, an If whose
+    condition is not decided), the message names them and says why they were not scored."""
 
 
 class InputDataError(NearError):
