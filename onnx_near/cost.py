@@ -40,7 +40,7 @@ def count_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, tuple[int, ..
     index = GraphIndex(m)
     total = 0
     for n in index.nodes:
-        if n.op_type not in MAC_OPS:
+        if n.op_type not in MAC_OPS and n.op_type not in _QUANTISED_FORMS:
             continue
         macs = _node_macs(index, n)
         if macs is None:
@@ -55,23 +55,47 @@ def _static(dims: list[int | str | None] | None) -> list[int] | None:
     return [int(d) for d in dims if isinstance(d, int)]
 
 
+# Quantised layers counted as the float layer they stand for: (that op, weight's input position).
+_QUANTISED_FORMS = {
+    "QLinearConv": ("Conv", 3),
+    "ConvInteger": ("Conv", 1),
+    "QLinearMatMul": ("MatMul", 3),
+    "MatMulInteger": ("MatMul", 1),
+    "MatMulIntegerToFloat": ("MatMul", 1),
+    "DynamicQuantizeMatMul": ("MatMul", 1),
+    "QGemm": ("Gemm", 3),
+}
+
+
 def _node_macs(index: GraphIndex, n: onnx.NodeProto) -> int | None:
-    if len(n.input) < 2 or not n.output:  # malformed (onnxruntime will refuse it): nothing to count
+    op, wi = _QUANTISED_FORMS.get(n.op_type, (n.op_type, 1))
+    if len(n.input) <= wi or not n.output:  # malformed (onnxruntime will refuse it): nothing to count
         return None
     out = _static(index.dims(n.output[0]))
+    if out is None and op == "Gemm":  # onnx infers no shape for com.microsoft's QGemm: from its operands
+        out = _gemm_out(index, n, wi)
     if out is None:
         return None
-    if n.op_type == "Conv":
-        w = _static(index.dims(n.input[1]))
+    if op == "Conv":
+        w = _static(index.dims(n.input[wi]))
         return None if w is None else math.prod(out) * math.prod(w[1:])
-    if n.op_type == "ConvTranspose":
-        x, w = _static(index.dims(n.input[0])), _static(index.dims(n.input[1]))
+    if op == "ConvTranspose":
+        x, w = _static(index.dims(n.input[0])), _static(index.dims(n.input[wi]))
         return None if x is None or w is None else math.prod(x) * math.prod(w[1:])
     a = _static(index.dims(n.input[0]))
     if a is None or not a:
         return None
-    if n.op_type == "Gemm":
+    if op == "Gemm":
         k = a[0] if int(attribute(n, "transA", 0)) else a[-1]
     else:
         k = a[-2] if int(attribute(n, "transA", 0)) and len(a) > 1 else a[-1]
     return math.prod(out) * k
+
+
+def _gemm_out(index: GraphIndex, n: onnx.NodeProto, wi: int) -> list[int] | None:
+    a, w = _static(index.dims(n.input[0])), _static(index.dims(n.input[wi]))
+    if a is None or w is None or len(a) != 2 or len(w) != 2:
+        return None
+    rows = a[1] if int(attribute(n, "transA", 0)) else a[0]
+    cols = w[0] if int(attribute(n, "transB", 0)) else w[1]
+    return [rows, cols]

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ops import WEIGHT_PASSTHROUGH
+from .ops import QOPERATOR, WEIGHT_PASSTHROUGH
 
 # Ops whose output is random even when every input is constant.
 _NONDETERMINISTIC = {
@@ -173,13 +173,26 @@ def parameter_count(index: GraphIndex) -> int:
     op uses it directly (or nothing in the main graph uses it: a subgraph may).
     BatchNormalization's running mean and variance are statistics, not parameters, and are
     left out (as PyTorch counts them); integer initializers (shapes, indices) too — except
-    the quantised weights a DequantizeLinear reads, which count as the parameters they stand
-    for (their scales and zero points do not).
+    the quantised weights a DequantizeLinear or a QOperator layer reads, which count as the
+    parameters they stand for (their scales and zero points do not).
+
+    Optimisers also merge equal-valued initializers without leaving an alias (onnxscript's
+    deduplication, in PyTorch's dynamo export: BERT-base's 25 LayerNorm weights of ones
+    become one tensor that 25 nodes read).  An initializer whose elements are all equal —
+    a fresh fill of zeros or ones, what deduplication merges — counts once per node that
+    reads it; any other initializer read by several nodes is one tied weight.  A 0-d float
+    initializer is arithmetic (an attention scale, a mask's fill value), not a parameter.
+    (An all-zero bias the optimiser removed outright leaves no trace: dynamo's BERT-base
+    reads 768 below PyTorch's count, its pooler bias.)
     """
-    source: dict[str, str] = {}  # Identity output → the initializer it names
+    source: dict[str, str] = {}  # Identity output → the initializer it names (through a quantiser's DQ/Cast)
     for n in index.nodes:
         if n.op_type == "Identity" and n.input and n.output:
             origin = source.get(n.input[0], n.input[0])
+            passed = index.node_of(origin)
+            while origin not in index.initializers and passed is not None and passed.op_type in WEIGHT_PASSTHROUGH:
+                origin = passed.input[0] if passed.input else ""
+                passed = index.node_of(origin)
             if origin in index.initializers:
                 source[n.output[0]] = origin
     stats = {n.input[k] for n in index.nodes if n.op_type == "BatchNormalization" for k in (3, 4) if len(n.input) > k}
@@ -188,28 +201,76 @@ def parameter_count(index: GraphIndex) -> int:
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     quantised, quant_params = _quantisation(index)
     stats |= quant_params
+    readers: dict[str, int] = {}
+    for n in index.nodes:
+        if n.op_type != "Identity":
+            for x in set(n.input):
+                if x in index.initializers:
+                    readers[x] = readers.get(x, 0) + 1
 
     def size(name: str) -> int:
-        t = index.initializers[source.get(name, name)]
-        if (t.data_type not in floats and name not in quantised) or name in stats:
+        origin = source.get(name, name)
+        t = index.initializers[origin]
+        if (t.data_type not in floats and origin not in quantised) or name in stats or origin in stats:
             return 0
-        return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        if not t.dims and t.data_type in floats:
+            return 0  # a 0-d float: arithmetic, not a parameter
+        return int(np.prod(t.dims, dtype=np.int64))
 
-    total = sum(size(name) for name in index.initializers if name in direct or name not in aliased)
+    def copies(name: str) -> int:
+        k = readers.get(name, 1)
+        return k if k > 1 and _uniform(index.initializers[name]) else 1
+
+    total = sum(
+        size(name) * copies(name) for name in index.initializers if name in direct or name not in aliased
+    )
     return total + sum(size(name) for name in source if name in direct) + _constant_node_weights(index, stats)
 
 
+def _uniform(t: onnx.TensorProto) -> bool:
+    """True when every element of the (inline) tensor ``t`` has the same value."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or not t.dims:
+        return False
+    a = numpy_helper.to_array(t).reshape(-1)
+    return a.size > 1 and bool(np.all(a == a[0]))
+
+
+# Quantised ops outside the QOperator table (ops.QOPERATOR): the input positions of their
+# (integer) weights, and of their scales and zero points (quantisation parameters).
+_QUANTISED_WEIGHTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "DequantizeLinear": ((0,), (1, 2)),
+    "QuantizeLinear": ((), (1, 2)),
+    "ConvInteger": ((1,), (2, 3)),
+    "MatMulInteger": ((1,), (2, 3)),
+    "MatMulIntegerToFloat": ((1, 6), (2, 3, 4, 5)),
+    "DynamicQuantizeMatMul": ((1, 4), (2, 3)),
+}
+
+
+def _quantised_inputs(n: onnx.NodeProto) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(weight positions, quantisation-parameter positions) of a quantised op's inputs."""
+    q = QOPERATOR.get((n.domain if n.domain != "ai.onnx" else "", n.op_type))
+    if q is None:
+        return _QUANTISED_WEIGHTS.get(n.op_type, ((), ()))
+    weights = (*q.operands, *((q.bias,) if q.bias is not None else ()))
+    return weights, tuple(k for k in range(len(n.input)) if k not in weights)
+
+
 def _quantisation(index: GraphIndex) -> tuple[set[str], set[str]]:
-    """The tensors DequantizeLinear nodes read as data (quantised weights), and the scales
-    and zero points of the (De)QuantizeLinear nodes (quantisation parameters, not weights)."""
-    data = {n.input[0] for n in index.nodes if n.op_type == "DequantizeLinear" and n.input}
-    params = {
-        n.input[k]
-        for n in index.nodes
-        if n.op_type in ("DequantizeLinear", "QuantizeLinear")
-        for k in (1, 2)
-        if len(n.input) > k and n.input[k]
-    }
+    """The constant tensors quantised layers read as weights (DequantizeLinear's data, a
+    QLinearConv's or ConvInteger's weight and bias, a quantised embedding table…), and the
+    scales and zero points of every quantised op (quantisation parameters, not weights)."""
+    data: set[str] = set()
+    params: set[str] = set()
+    for n in index.nodes:
+        weights, meta = _quantised_inputs(n)
+        data.update(n.input[k] for k in weights if len(n.input) > k and n.input[k] and index.is_const(n.input[k]))
+        params.update(n.input[k] for k in meta if len(n.input) > k and n.input[k])
+        if weights and n.input:  # a quantised embedding read by a quantised op: Gather(table, ids)
+            gather = index.node_of(n.input[0])
+            if gather is not None and gather.op_type == "Gather" and index.is_const(gather.input[0]):
+                data.add(gather.input[0])
+    data -= params
     return data, params
 
 
