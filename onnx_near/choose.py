@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .inputs import DataArg
 from .load import load_model
 from .reinit import SCHEMES
+from .report import grid
 from .rewrite import inline_functions
 from .score import score
 from .variants import CANDIDATES, swap_activations
@@ -94,7 +95,7 @@ def rank_activations(
         raise ConfigError(
             f"unknown activation {unknown[0] if unknown else '(none)'!r}; expected some of {', '.join(CANDIDATES)}"
         )
-    cfg = replace(config or ScoreConfig(repetitions=5), reinit=init)
+    cfg = replace(config or ScoreConfig(repetitions=5, batchnorm="batch"), reinit=init)
     return _rank("activation", model, candidates, lambda m, c: (swap_activations(m, c), cfg), data)
 
 
@@ -107,5 +108,12 @@ def rank_inits(
         raise ConfigError(
             f"unknown initialisation scheme {unknown[0] if unknown else '(none)'!r}; expected some of {', '.join(SCHEMES)}"
         )
-    cfg = config or ScoreConfig(repetitions=5)
+    cfg = config or ScoreConfig(repetitions=5, batchnorm="batch")
     return _rank("init", model, schemes, lambda m, s: (m, replace(cfg, reinit=s)), data)
+
+
+def choice_table(r: Ranking) -> str:
+    """Candidates (activations or initialisations) best first."""
+    rows = [(str(k + 1), c.name, f"{c.score:.3f}", f"{c.score_std:.3f}") for k, c in enumerate(r.candidates)]
+    head = f"model {r.model} · {r.repetitions} repetitions each, same seed for every candidate"
+    return "\n".join([head, "", grid(("#", r.kind, "NEAR", "std"), rows), "", "higher NEAR is better"])

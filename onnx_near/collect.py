@@ -37,6 +37,8 @@ def collect(
     """
     collector = Collector(plan.geoms, draw.blocks, xp, plan.cut_taps, plan.dtypes)
     need = collector.samples_needed
+    if plan.full_batches:  # BatchNorm on batch statistics: whole batches only (the window holds them)
+        need = -(-need // plan.batch) * plan.batch
     window = source.window(draw.start, need, rng)
     for lo in range(0, need, plan.batch):
         hi = min(lo + plan.batch, need)

@@ -33,7 +33,7 @@ from .config import ScoreConfig
 from .errors import ConfigError, InputDataError
 from .inputs import DataArg
 from .reinit import reinitialize
-from .report import LayerScore
+from .report import LayerScore, grid
 from .score import score
 from .variants import CANDIDATES, swap_activations
 
@@ -175,7 +175,7 @@ def estimate_width(
         raise ConfigError("give at least 3 distinct positive widths")
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must lie between 0 and 1, not {threshold}")
-    cfg = replace(config or ScoreConfig(), reinit=init)
+    cfg = replace(config or ScoreConfig(batchnorm="batch"), reinit=init)
     import tempfile
 
     scores: list[float] = []
@@ -206,7 +206,7 @@ def estimate_from_models(
     The layer score is the mean effective rank of the ``layer``-th weighted layer's output
     (1-based, in graph order) and of the activation right after it.
     """
-    cfg = config or ScoreConfig()
+    cfg = config or ScoreConfig(batchnorm="batch")
     pairs = sorted(models, key=lambda m: m[1])
     scores = []
     for path, _ in pairs:
@@ -235,4 +235,28 @@ def _estimate(widths: Sequence[int], scores: Sequence[float], threshold: float, 
         slope,
         fit.estimate(threshold, slope),
         fit.estimate(threshold, other),
+    )
+
+
+def width_table(e: WidthEstimate) -> str:
+    """The candidates' layer scores, the fit and the estimated width."""
+    rows = [
+        (str(w), f"{s:.3f}", f"{r:.4f}", f"{float(e.fit(w)):.4f}")
+        for w, s, r in zip(e.widths, e.layer_scores, e.relative_scores)
+    ]
+    f = e.fit
+    est = (
+        "none (the relative score does not decay)"
+        if math.isinf(e.estimate)
+        else f"{e.estimate:.1f} → width {math.ceil(e.estimate)}"
+    )
+    other = "none" if math.isinf(e.other) else f"{e.other:.1f}"
+    return "\n".join(
+        [
+            grid(("width", "layer NEAR", "relative", "fit"), rows),
+            "",
+            f"fit f(s) = {f.alpha:.4f} + {f.beta:.4f}·s^{f.gamma:.4f}  (R² {f.r2:.4f}, with (1, 1) prepended)",
+            f"estimated width ({e.slope} slope threshold {e.threshold:g}): {est}",
+            f"with the {'absolute' if e.slope == 'relative' else 'relative'} slope reading: {other}",
+        ]
     )

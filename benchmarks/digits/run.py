@@ -6,7 +6,12 @@ Uses the untrained ONNX models and the test accuracies that make_search_space.py
 (``--retrain`` runs it first: ~5 minutes on 2 cores) and prints, as Markdown tables:
 
 1. the search space (64 MLPs and CNNs): Kendall's τ, Spearman's ρ and top-10 % precision of
-   NEAR, parameter count and MACs against the trained accuracy (``onnx-near rank``);
+   NEAR, parameter count and MACs against the trained accuracy (``onnx-near rank``, BatchNorm
+   on batch statistics as its default);
+1b. the proxies on the same space (``onnx-near rank --proxies``): NEAR with running and with
+   batch statistics, MeCo (the CNNs: it needs feature maps), SWAP (the ReLU networks: it counts
+   ReLU patterns) and their rank-average combinations, each beside NEAR and the baselines on
+   the same models;
 2. the activation study: ``onnx-near activations`` on the ReLU MLP, and the untrained
    exports of each variant, against the trained order (τ);
 3. the initialisation study: ``onnx-near init`` against the trained order (τ);
@@ -32,7 +37,7 @@ from scipy import stats
 
 from onnx_near import ScoreConfig
 from onnx_near.choose import rank_activations, rank_inits
-from onnx_near.rank import rank_models, read_accuracies
+from onnx_near.rank import correlate, rank_models, read_accuracies
 from onnx_near.width import estimate_width
 
 HERE = Path(__file__).resolve().parent
@@ -57,10 +62,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def search_space(jobs: int) -> tuple[str, dict[str, object], list[tuple[float, float, str]]]:
     accuracies = read_accuracies(HERE / "accuracy.csv")
-    result = rank_models([HERE / "models"], DATA, ScoreConfig(seed=0), accuracies, jobs=jobs)
+    result = rank_models([HERE / "models"], DATA, ScoreConfig(seed=0, batchnorm="batch"), accuracies, jobs=jobs)
     families = {r["model"]: r["family"] for r in _rows(HERE / "accuracy.csv")}
     lines = [
-        f"Search space: {len(result.models)} untrained models, NEAR on {len(np.load(DATA))} digits (1 repetition, seed 0)",
+        f"Search space: {len(result.models)} untrained models, NEAR on {len(np.load(DATA))} digits "
+        "(1 repetition, seed 0, BatchNorm on batch statistics of 64 digits)",
         "",
         "| predictor | Kendall τ | Spearman ρ | top-10 % precision |",
         "|---|---|---|---|",
@@ -82,6 +88,65 @@ def search_space(jobs: int) -> tuple[str, dict[str, object], list[tuple[float, f
         "models": [vars(m) for m in result.models],
     }
     return "\n".join(lines), doc, points
+
+
+PROXIES = ("near", "meco", "swap", "near+meco", "near+swap", "meco+swap", "near+meco+swap")
+
+
+def proxy_study(jobs: int) -> tuple[str, dict[str, object]]:
+    """NEAR (running and batch statistics), MeCo, SWAP and their rank averages on the search
+    space, each on the models it is defined for, beside NEAR and the baselines on those models."""
+    accuracies = read_accuracies(HERE / "accuracy.csv")
+    rows = {str((HERE / r["model"]).resolve()): r for r in _rows(HERE / "accuracy.csv")}
+    by_stats = {}
+    for stats_ in ("running", "batch"):
+        cfg = ScoreConfig(seed=0, batchnorm=stats_)  # type: ignore[arg-type]
+        by_stats[stats_] = rank_models([HERE / "models"], DATA, cfg, accuracies, jobs=jobs, proxies=PROXIES)
+    subsets = {
+        "all": lambda r: True,
+        "cnn": lambda r: r["family"] == "cnn",
+        "relu": lambda r: r["activation"] == "relu",
+        "relu_cnn": lambda r: r["activation"] == "relu" and r["family"] == "cnn",
+    }
+    plan = [
+        *((p, "all") for p in ("near", "params", "macs")),
+        *((p, "cnn") for p in ("near", "meco", "near+meco", "params", "macs")),
+        *((p, "relu") for p in ("near", "swap", "near+swap", "params", "macs")),
+        *((p, "relu_cnn") for p in ("near", "meco", "swap", "meco+swap", "near+meco+swap", "params")),
+    ]
+    table: dict[str, dict[str, object]] = {}
+    lines = [
+        "Proxies on the search space (1 repetition, seed 0; MeCo and SWAP from one forward pass of 64 digits; "
+        "combinations: rank averages over the models that have every part)",
+        "",
+        "| predictor | models | running: τ | ρ | top-10 % | batch: τ | ρ | top-10 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, subset in plan:
+        cells, doc = [], {}
+        count = 0
+        for stats_, result in by_stats.items():
+            known = [
+                m
+                for m in result.models
+                if m.error is None and m.accuracy is not None and subsets[subset](rows[str(Path(m.model).resolve())])
+            ]
+            value = {
+                "near": lambda m: m.score,
+                "params": lambda m: float(m.params),
+                "macs": lambda m: float(m.macs),
+            }.get(name, lambda m, name=name: m.proxies.get(name, float("nan")))
+            v = np.array([value(m) for m in known], dtype=float)
+            a = np.array([m.accuracy for m in known], dtype=float)
+            ok = ~np.isnan(v)
+            count = int(ok.sum())
+            c = correlate(v[ok], a[ok], max(1, round(0.1 * count)))
+            cells += [f"{c.kendall_tau:.3f}", f"{c.spearman_rho:.3f}", f"{c.top_k_precision:.2f}"]
+            doc[stats_] = vars(c)
+        what = {"all": "all", "cnn": "CNNs", "relu": "ReLU nets", "relu_cnn": "ReLU CNNs"}[subset]
+        lines.append(f"| {name} | {count} ({what}) | " + " | ".join(cells) + " |")
+        table[f"{name}/{subset}"] = {"models": count, **doc}
+    return "\n".join(lines), table
 
 
 def _tau_table(
@@ -184,6 +249,8 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "make_search_space.py")], check=True)
     parts, doc = [], {}
     text, doc["search_space"], points = search_space(args.jobs)
+    parts.append(text)
+    text, doc["proxies"] = proxy_study(args.jobs)
     parts.append(text)
     text, doc["activations"] = activation_study(args.repetitions)
     parts.append(text)
