@@ -424,3 +424,106 @@ def test_erank_error_bound_holds(spectrum: str) -> None:
         None,
     )
     assert abs(erank_from_singular_values(worst) - base) / base <= bound
+
+
+class _DeviceArray:
+    """A stand-in for a cupy array: its own array module, and no implicit copy to numpy."""
+
+    __array_ufunc__ = None  # numpy's operators defer to ours, as they do for cupy
+
+    def __init__(self, a: Any) -> None:
+        self.a = np.asarray(a)
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("Implicit conversion to a NumPy array is not allowed (a device array)")
+
+    def __array_namespace__(self) -> Any:
+        return _DEVICE
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, T, all(), … (no __array_interface__)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _wrap(getattr(self.a, name))
+
+    def __getitem__(self, key: Any) -> Any:
+        return _wrap(self.a[_unwrap(key)])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.a[_unwrap(key)] = _unwrap(value)
+
+    def __bool__(self) -> bool:
+        return bool(self.a)
+
+    def __float__(self) -> float:
+        return float(self.a)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def _binary(name: str) -> Any:
+    return lambda self, other: _wrap(getattr(self.a, name)(_unwrap(other)))
+
+
+for _op in ("matmul", "add", "sub", "mul", "truediv", "pow", "gt", "ge", "lt", "le", "eq", "ne", "and", "or"):
+    setattr(_DeviceArray, f"__{_op}__", _binary(f"__{_op}__"))
+    setattr(_DeviceArray, f"__r{_op}__", _binary(f"__r{_op}__"))
+_DeviceArray.__neg__ = lambda self: _wrap(-self.a)  # type: ignore[attr-defined]
+_DeviceArray.__invert__ = lambda self: _wrap(~self.a)  # type: ignore[attr-defined]
+
+
+def _unwrap(x: Any) -> Any:
+    if isinstance(x, _DeviceArray):
+        return x.a
+    if isinstance(x, (tuple, list)):
+        return type(x)(_unwrap(v) for v in x)
+    return x
+
+
+def _wrap(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return _DeviceArray(x)
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    if callable(x) and not isinstance(x, type):  # a function, not a dtype such as float64
+        return lambda *a, **k: _wrap(x(*_unwrap(a), **{n: _unwrap(v) for n, v in k.items()}))
+    return x
+
+
+class _DeviceModule:
+    """A stand-in for cupy: numpy's functions on _DeviceArray, and asnumpy to copy back."""
+
+    def __init__(self, base: Any = np) -> None:
+        self.base = base
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.base, name)
+        return _DeviceModule(attr) if isinstance(attr, type(np)) else _wrap(attr)
+
+    @staticmethod
+    def asnumpy(x: Any) -> np.ndarray:
+        return np.array(x.a)
+
+
+_DEVICE = _DeviceModule()
+
+
+def test_approximate_route_runs_on_device_arrays() -> None:
+    """With --approx-above on the GPU path the quadrature gets device arrays: it runs in their
+    own array module (never np.asarray, which cupy refuses) and gives numpy's result."""
+    from onnx_near.erank import approximate_effective_rank
+    from onnx_near.plan import Route
+    from onnx_near.routes import rank_matrices
+
+    rng = np.random.default_rng(6)
+    a = np.maximum(rng.standard_normal((300, 200)), 0)
+    with pytest.raises(TypeError):
+        np.asarray(_DeviceArray(a))  # the stand-in refuses, as cupy does
+    host = approximate_effective_rank(a, np.random.default_rng(0))
+    device = approximate_effective_rank(_DeviceArray(a), np.random.default_rng(0))
+    assert device == pytest.approx(host, rel=1e-12)
+    routes = [Route(approximate=True, rank_bound=None), Route(approximate=False, rank_bound=None)]
+    on_device = rank_matrices([_DeviceArray(a), _DeviceArray(a[:50])], routes, np.random.default_rng(0), _DEVICE)
+    on_host = rank_matrices([a, a[:50]], routes, np.random.default_rng(0))
+    assert on_device[0] == pytest.approx(on_host[0], rel=1e-12) and on_device[0][1] is not None  # approximate
+    assert on_device[1][0] == pytest.approx(on_host[1][0], rel=1e-12) and on_device[1][1] is None  # exact
