@@ -1,26 +1,62 @@
 """Memory is a parameter: what a computation will hold, checked before it is attempted.
 
-``ScoreConfig.max_memory`` bounds the model's weights, one batch of inputs and of tap
-outputs, and the matrices kept.  A model or a request that would need more is refused with
-one sentence saying what it needs and what to change — before anything is allocated.
+``ScoreConfig.max_memory`` bounds the model's weights, the arrays a data file inflates, one
+batch of inputs and of tap outputs, and the matrices kept.  A model or a request that would
+need more is refused with one sentence saying what it needs and what to change — before
+anything is allocated.  What these declared sizes cannot foresee (a tensor the model itself
+computes) the sandbox bounds (:mod:`onnx_near.sandbox`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
 
 from .config import Rows
 from .errors import ConfigError, InputDataError, ModelLoadError
-from .inputs import InputSpec
 from .matrices import Geometry, block_rows
+
+
+class _Input(Protocol):
+    """What the budget reads of an input (an :class:`~onnx_near.inputs.InputSpec`; inputs
+    itself reads the data files with :func:`array_bytes` and :func:`check_data_file`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+    @property
+    def static_batch(self) -> int | None: ...
 
 
 def gib(n: float) -> str:
     """``n`` bytes, readable."""
+    if n >= 2**40:
+        return f"{n / 2**40:.1f} TiB"
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def array_bytes(shape: Sequence[int], dtype: np.dtype) -> float:
+    """Bytes an array of ``shape`` and ``dtype`` takes (a float: a declared shape may be absurd)."""
+    return float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
+def check_data_file(name: str, arrays: Mapping[str, float], limit: int) -> None:
+    """Refuse a data file whose arrays (bytes each, as their headers declare them) would
+    need more than the budget once read into memory."""
+    need = sum(arrays.values())
+    if need > limit:
+        largest = max(arrays, key=lambda k: arrays[k])
+        raise InputDataError(
+            f"data file {name!r} would take {gib(need)} once decompressed (array {largest!r}: "
+            f"{gib(arrays[largest])}), more than the memory limit of {gib(limit)} (--max-memory); give fewer "
+            "samples, or save it uncompressed (np.savez or .npy), which is read from disk batch by batch"
+        )
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -41,7 +77,7 @@ def check_weights(model: onnx.ModelProto, name: str, limit: int) -> None:
         )
 
 
-def check_inputs(specs: Sequence[InputSpec], limit: int) -> None:
+def check_inputs(specs: Sequence[_Input], limit: int) -> None:
     """Refuse inputs whose single sample already exceeds the budget (absurd declared dims)."""
     for s in specs:
         need = float(np.prod(s.sample_shape, dtype=np.float64)) * s.dtype.itemsize * (s.static_batch or 1)

@@ -7,6 +7,7 @@ model is never held in memory twice and nothing is written anywhere.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.defs
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from .errors import ModelLoadError
@@ -169,17 +171,16 @@ def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _check_text(proto: onnx.ModelProto, path: Path) -> None:
-    """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
+    """Every string in the file must be text, and every initializer of a known type and size.
+
+    Protobuf hands back bytes for a string that is not valid UTF-8 — a name in a subgraph, a
+    graph's or a function's name, a doc string — and each stage that compares or copies it
+    would fail: the first such field is named, with its path in the model."""
+    found = _non_utf8(proto)
+    if found is not None:
+        field, value = found
+        raise ModelLoadError(f"{path.name!r} is broken: {field} is not valid UTF-8 ({value[:40]!r})")
     g = proto.graph
-    for n in g.node:
-        for name in [n.name, n.op_type, n.domain, *n.input, *n.output]:
-            if isinstance(name, bytes):
-                raise ModelLoadError(
-                    f"{path.name!r} is broken: a node has a name or op that is not valid UTF-8 ({name[:40]!r})"
-                )
-    for name in [v.name for v in [*g.input, *g.output, *g.value_info]] + [t.name for t in g.initializer]:
-        if isinstance(name, bytes):
-            raise ModelLoadError(f"{path.name!r} is broken: a tensor name is not valid UTF-8 ({name[:40]!r})")
     for t in g.initializer:
         try:
             onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
@@ -218,6 +219,29 @@ def _stored_values(t: onnx.TensorProto) -> tuple[int | None, int]:
     complex_pair = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
     held = max(len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.double_data), len(t.uint64_data))
     return held // complex_pair, expected
+
+
+def _non_utf8(message: Message) -> tuple[str, bytes] | None:
+    """The first string field of ``message`` (searched depth first, linear in its size) that
+    holds bytes that are not UTF-8: its path (``graph.node[3].attribute[0].g.name``) and value."""
+    for fd, value in message.ListFields():
+        if fd.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        repeated = _repeated(fd)
+        for k, v in enumerate(value if repeated else (value,)):
+            if fd.type == FieldDescriptor.TYPE_STRING:
+                if isinstance(v, bytes):
+                    return (f"{fd.name}[{k}]" if repeated else fd.name), v
+            elif (inner := _non_utf8(v)) is not None:
+                return (f"{fd.name}[{k}]" if repeated else fd.name) + "." + inner[0], inner[1]
+    return None
+
+
+@functools.cache
+def _repeated(fd: FieldDescriptor) -> bool:
+    """Whether a field is repeated (``is_repeated`` since protobuf 5.29, ``label`` before)."""
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:
