@@ -13,13 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from .choose import Ranking
-    from .rank import RankResult
-    from .vet import VetResult
-    from .width import WidthEstimate
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
 DIRECTION = "higher is better: a higher NEAR score predicts higher accuracy after training"
@@ -43,6 +37,11 @@ class LayerScore:
     row_starts: tuple[int, ...] = ()  # per repetition: the block's first row in the window's rows
     saturation: float | None = None  # bounded activations: share of values within 1 % of a bound
     erank_error: float | None = None  # approximate taps only: the bound on |erank − exact|
+    feed: str | None = None  # the tensor its layer or activation reads, when measured (ScoreConfig.feeds)
+    feed_erank: float | None = None  # that tensor's effective rank over the same samples
+    head: bool = False  # an output head (a model output follows it with no other tap between)
+    rms: float | None = None  # root mean square of its matrix's values (ScoreConfig.feeds)
+    feed_rms: float | None = None  # the same of its feed's matrix
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,12 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     window_starts: tuple[int, ...] = ()  # per repetition: the window's first sample in the data
     show_timings: bool = False  # put the timings in the JSON document (which then differs run to run)
+    batchnorm: str = "running"  # the statistics BatchNorms normalised with ("running" or "batch")
+    bn_batch: int | None = None  # with batch statistics: the samples of every forward pass
+    batchnorms: int = 0  # BatchNormalization nodes of the model (in inference form)
+    proxies: dict[str, float] = field(default_factory=dict)  # other proxies (MeCo, SWAP), mean over repetitions
+    proxy_batch: int | None = None  # the batch the proxies were measured on
+    inputs: str = "synthetic"  # what was fed: "data", or how the inputs were synthesised
 
     @property
     def valid(self) -> bool:
@@ -94,9 +99,9 @@ class ScoreResult:
             "schema_version": SCHEMA_VERSION,
             "tool": f"onnx-near {__version__}",
             "model": self.model,
-            "score": _num(self.score),
-            "score_std": _num(self.score_std),
-            "scores": [_num(s) for s in self.scores],
+            "score": num(self.score),
+            "score_std": num(self.score_std),
+            "scores": [num(s) for s in self.scores],
             "direction": DIRECTION,
             "repetitions": self.repetitions,
             "provider": self.provider,
@@ -106,11 +111,17 @@ class ScoreResult:
             "params": self.params,
             "macs": self.macs,
             "layers": [
-                {**asdict(l), "shape": list(l.shape), "erank": _num(l.erank), "erank_std": _num(l.erank_std)}
+                {**asdict(l), "shape": list(l.shape), "erank": num(l.erank), "erank_std": num(l.erank_std)}
                 for l in self.layers
             ],
             "skipped": [asdict(s) for s in self.skipped],
             "window_starts": list(self.window_starts),
+            "batchnorm": self.batchnorm,
+            "bn_batch": self.bn_batch,
+            "batchnorms": self.batchnorms,
+            "proxies": {k: num(v) for k, v in self.proxies.items()},
+            "proxy_batch": self.proxy_batch,
+            "inputs": self.inputs,
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 6) for k, v in self.timings.items()} if self.show_timings else None,
         }
@@ -155,7 +166,7 @@ class LayersReport:
         }
 
 
-def _num(x: float) -> float | None:
+def num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
@@ -183,6 +194,7 @@ def score_table(r: ScoreResult) -> str:
     head = (
         f"model {r.model}\nprovider {r.provider} · seed {r.seed} · {r.repetitions} repetition"
         f"{'s' if r.repetitions != 1 else ''} · rows {r.rows} · taps {r.taps} · {r.params:,} parameters"
+        + _batchnorm_words(r)
     )
     rows = [
         (
@@ -192,22 +204,34 @@ def score_table(r: ScoreResult) -> str:
             l.role,
             l.tensor,
             f"{l.shape[0]}×{l.shape[1]}",
-            _fmt(l.erank) + (f" ± {l.erank_std:.3f}" if r.repetitions > 1 and l.status == "ok" else "")
+            fmt(l.erank) + (f" ± {l.erank_std:.3f}" if r.repetitions > 1 and l.status == "ok" else "")
             if l.status == "ok"
             else f"invalid: {l.reason}",
         )
         for l in r.layers
     ]
-    lines = [head, "", _grid(("#", "layer", "op", "role", "tensor", "matrix", "erank"), rows), ""]
+    lines = [head, "", grid(("#", "layer", "op", "role", "tensor", "matrix", "erank"), rows), ""]
     if r.valid:
         lines.append(
-            f"NEAR score {_fmt(r.score)} ± {r.score_std:.3f} (sum of {len(r.layers)} effective ranks; higher is better)"
+            f"NEAR score {fmt(r.score)} ± {r.score_std:.3f} (sum of {len(r.layers)} effective ranks; higher is better)"
         )
     else:
         bad = sum(l.status != "ok" for l in r.layers)
         lines.append(f"NEAR score: none — {bad} tap(s) have NaN/Inf activations and no effective rank")
+    if r.proxies:
+        shown = ", ".join(f"{k.upper() if k == 'swap' else 'MeCo'} {fmt(v)}" for k, v in r.proxies.items())
+        lines.append(f"{shown} (batch of {r.proxy_batch}; higher is better)")
     lines += _skipped_lines(r.skipped)
     return "\n".join(lines)
+
+
+def _batchnorm_words(r: ScoreResult) -> str:
+    """How the score's BatchNorms normalised, for the table's head ('' for a model without)."""
+    if not r.batchnorms:
+        return ""
+    if r.batchnorm == "batch":
+        return f"\nbatchnorm: batch statistics, {r.bn_batch} samples per forward pass ({r.batchnorms} BatchNorms)"
+    return f"\nbatchnorm: running statistics, as the graph holds them ({r.batchnorms} BatchNorms)"
 
 
 def layers_table(r: LayersReport) -> str:
@@ -220,7 +244,7 @@ def layers_table(r: LayersReport) -> str:
     lines = [
         head,
         "",
-        _grid(("#", "layer", "op", "role", "tensor", "shape", "feature axis"), rows),
+        grid(("#", "layer", "op", "role", "tensor", "shape", "feature axis"), rows),
         "",
         f"{len(r.layers)} taps would be scored",
     ]
@@ -267,7 +291,7 @@ def _skipped_lines(skipped: tuple[Skipped, ...]) -> list[str]:
     return ["", "not scored:"] + [f"  {s.name} ({s.op}): {s.reason}" for s in skipped]
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.4f}"
 
 
@@ -283,113 +307,15 @@ def _dims(s: tuple[int | str | None, ...] | None) -> str:
 _READABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,15}")
 
 
-def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+def grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     widths = [min(w, 48) for w in widths[:-1]] + widths[-1:]  # the last column is never cut
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(_clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     return "\n".join([line(header)] + [line(r) for r in rows])
 
 
-def _clip(text: str, width: int) -> str:
+def clip(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def rank_table(r: RankResult) -> str:
-    """Models best first with NEAR, parameters, MACs (and accuracy), then the correlations."""
-    rows = [
-        (
-            str(k + 1) if m.error is None else "-",
-            m.model,
-            f"{m.score:.3f} ± {m.score_std:.3f}" if m.error is None else f"failed: {m.error}",
-            f"{m.params:,}" if m.params is not None else "?",
-            f"{m.macs:,}" if m.macs is not None else "?",
-            f"{m.accuracy:.4f}" if m.accuracy is not None else "",
-        )
-        for k, m in enumerate(r.models)
-    ]
-    lines = [_grid(("#", "model", "NEAR", "params", "MACs", "accuracy"), rows), "", "higher NEAR is better"]
-    if r.correlation:
-        corr = [
-            (name, f"{c.kendall_tau:.3f}", f"{c.spearman_rho:.3f}", f"{c.top_k_precision:.3f}")
-            for name, c in r.correlation.items()
-        ]
-        lines += ["", _grid(("predictor", "Kendall τ", "Spearman ρ", f"top-{r.top_k} precision"), corr)]
-    return "\n".join(lines)
-
-
-def rank_csv(r: RankResult) -> str:
-    """One CSV row per model, best first."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rank", "model", "score", "score_std", "params", "macs", "accuracy", "error"])
-    for k, m in enumerate(r.models):
-        w.writerow(
-            [
-                k + 1 if m.error is None else "",
-                m.model,
-                "" if math.isnan(m.score) else repr(m.score),
-                "" if math.isnan(m.score_std) else repr(m.score_std),
-                m.params if m.params is not None else "",
-                m.macs if m.macs is not None else "",
-                m.accuracy if m.accuracy is not None else "",
-                m.error or "",
-            ]
-        )
-    return buf.getvalue().rstrip("\n")
-
-
-def choice_table(r: Ranking) -> str:
-    """Candidates (activations or initialisations) best first."""
-    rows = [(str(k + 1), c.name, f"{c.score:.3f}", f"{c.score_std:.3f}") for k, c in enumerate(r.candidates)]
-    head = f"model {r.model} · {r.repetitions} repetitions each, same seed for every candidate"
-    return "\n".join([head, "", _grid(("#", r.kind, "NEAR", "std"), rows), "", "higher NEAR is better"])
-
-
-def width_table(e: WidthEstimate) -> str:
-    """The candidates' layer scores, the fit and the estimated width."""
-    rows = [
-        (str(w), f"{s:.3f}", f"{r:.4f}", f"{float(e.fit(w)):.4f}")
-        for w, s, r in zip(e.widths, e.layer_scores, e.relative_scores)
-    ]
-    f = e.fit
-    est = (
-        "none (the relative score does not decay)"
-        if math.isinf(e.estimate)
-        else f"{e.estimate:.1f} → width {math.ceil(e.estimate)}"
-    )
-    other = "none" if math.isinf(e.other) else f"{e.other:.1f}"
-    return "\n".join(
-        [
-            _grid(("width", "layer NEAR", "relative", "fit"), rows),
-            "",
-            f"fit f(s) = {f.alpha:.4f} + {f.beta:.4f}·s^{f.gamma:.4f}  (R² {f.r2:.4f}, with (1, 1) prepended)",
-            f"estimated width ({e.slope} slope threshold {e.threshold:g}): {est}",
-            f"with the {'absolute' if e.slope == 'relative' else 'relative'} slope reading: {other}",
-        ]
-    )
-
-
-def vet_table(v: VetResult) -> str:
-    """Per tap: erank, width, rank ratio, saturation, baseline, and what failed; then the verdict."""
-    rows = [
-        (
-            str(l.index),
-            l.name,
-            l.op,
-            l.role,
-            _fmt(l.erank),
-            str(l.width),
-            "nan" if math.isnan(l.rank_ratio) else f"{l.rank_ratio:.3f}",
-            "" if l.saturation is None else f"{l.saturation:.0%}",
-            "" if l.baseline_erank is None else _fmt(l.baseline_erank),
-            "; ".join(p.split(":")[0] for p in l.problems) or "ok",
-        )
-        for l in v.layers
-    ]
-    head = ("#", "layer", "op", "role", "erank", "width", "ratio", "saturated", "baseline", "check")
-    verdict = "PASSED" if v.passed else f"FAILED ({len(v.findings)} finding{'s' if len(v.findings) != 1 else ''})"
-    lines = [f"model {v.report.model}", "", _grid(head, rows), "", f"NEAR score {_fmt(v.report.score)} · {verdict}"]
-    return "\n".join(lines + [f"  {f}" for f in v.findings])
