@@ -12,14 +12,15 @@ structural rank bound).  A repetition then only draws its window's start and its
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import budget
 from .config import ScoreConfig
-from .errors import InputDataError, NoTapsError
+from .errors import ConfigError, InputDataError, NoTapsError
 from .matrices import Geometry, RowBlock, block_rows, draw_blocks, geometry, window_samples
 from .report import Skipped
 from .rewrite import Cut
@@ -63,6 +64,8 @@ class Plan:
     available: int | None  # samples in the user's data (None: synthetic)
     batch: int  # samples per forward pass
     static: int | None  # the batch size the model fixes, if any
+    feeds: frozenset[str] = frozenset()  # taps of role "feed": measured, not counted in the score
+    full_batches: bool = False  # every forward pass holds exactly `batch` samples (BatchNorm on batch statistics)
 
     @property
     def cut_taps(self) -> dict[str, tuple[str, str, str, str]]:
@@ -73,11 +76,18 @@ class Plan:
         """The graph output that carries ``tap``'s rows (its cut-out, or the tap itself)."""
         return self.cuts[tap].output
 
-    def draw(self, rng: np.random.Generator) -> Draw:
-        """A repetition's window start (when the data holds more samples than it needs) and blocks."""
+    def draw(self, rng: np.random.Generator, feed_rng: np.random.Generator | None = None) -> Draw:
+        """A repetition's window start (when the data holds more samples than it needs) and
+        blocks.  The feeds' blocks come from ``feed_rng``, so that measuring them leaves the
+        score's own draws (and so the score) as they are without them."""
         slack = (self.available - self.samples) if self.available is not None and self.rows != "all" else 0
         start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-        return Draw(start, draw_blocks(self.geoms, self.rows, self.samples, rng))  # type: ignore[arg-type]
+        counted = {t: g for t, g in self.geoms.items() if t not in self.feeds}
+        blocks = draw_blocks(counted, self.rows, self.samples, rng)  # type: ignore[arg-type]
+        if self.feeds:
+            feeds = {t: g for t, g in self.geoms.items() if t in self.feeds}
+            blocks.update(draw_blocks(feeds, self.rows, self.samples, feed_rng or rng))  # type: ignore[arg-type]
+        return Draw(start, blocks)
 
 
 def make_plan(
@@ -90,8 +100,16 @@ def make_plan(
     available: int | None,
     static: int | None,
     label: str,
+    bn_batch: int | None = None,
+    unbatched: frozenset[str] = frozenset(),
 ) -> Plan:
-    """The plan from the probe pass's outputs (each tap's shape output and its empty or whole rows)."""
+    """The plan from the probe pass's outputs (each tap's shape output and its empty or whole rows).
+
+    ``bn_batch``: the model's BatchNorms normalise with the statistics of the batch being fed
+    (``--batchnorm batch``), over batches of this many samples.  The batch is then part of
+    what is measured, so every forward pass holds exactly ``bn_batch`` samples
+    (:func:`bn_window`): the window is a whole number of batches, and the last one is never
+    partial (nor padded, which would change its statistics)."""
     geoms: dict[str, Geometry] = {}
     itemsize: dict[str, int] = {}
     dtypes: dict[str, np.dtype] = {}
@@ -105,19 +123,31 @@ def make_plan(
         shape = tuple(int(d) for d in probe[c.shape]) if c.shape is not None else tuple(out.shape)
         try:
             geoms[tap.tensor] = geometry(shape, tap.axis, probe_batch)
+            if tap.tensor in unbatched:  # its first axis does not grow with the batch (a state)
+                geoms[tap.tensor] = replace(geoms[tap.tensor], batch_major=False)
         except ValueError as e:
             skipped.append(Skipped(tap.name, tap.op, f"it cannot be made into a matrix: {e}", tap.tensor))
             continue
         itemsize[tap.tensor] = out.dtype.itemsize
         dtypes[tap.tensor] = out.dtype
-    if not geoms:
-        raise NoTapsError(f"none of the {len(taps)} taps of {label} can be made into a matrix: {skipped[-1].reason}")
-    samples = window_samples(geoms, cfg.rows, available, cfg.samples)
-    _check_rows(cfg, geoms, samples, available)
+    feeds = frozenset(t.tensor for t in taps if t.role == "feed" and t.tensor in geoms)
+    counted = {t: g for t, g in geoms.items() if t not in feeds}
+    if not counted:
+        scored = [t for t in taps if t.role != "feed"]
+        raise NoTapsError(
+            f"none of the {len(scored)} taps of {label} can be made into a matrix: "
+            f"{next(s.reason for s in reversed(skipped) if s.tensor in {t.tensor for t in scored})}"
+        )
+    samples = window_samples(counted, cfg.rows, available, cfg.samples)  # the feeds follow the taps
+    if bn_batch is not None:
+        samples = bn_window(samples, bn_batch, cfg.rows, available)
+    _check_rows(cfg, counted, samples, available)
     budget.check_matrices(geoms, cfg.rows, samples, itemsize, cfg.max_memory)
     per_sample = _forward_bytes(geoms, itemsize, cuts)
     batch = static or cfg.batch_size or int(max(1, min(4096, cfg.max_batch_bytes // max(per_sample, 1))))
-    if not static:
+    if bn_batch is not None:
+        batch = _bn_forward(cfg, bn_batch, per_sample, geoms, static)
+    elif not static:
         batch = max(1, min(batch, budget.batch_limit(per_sample, cfg.max_memory), samples))
         if any(not g.batch_major for g in geoms.values()):
             # A tensor whose first axis is not the samples' (sequence-first attention: (T, N, D),
@@ -127,7 +157,70 @@ def make_plan(
             batch = 1
     kept = tuple(t for t in taps if t.tensor in geoms)
     routes = {t.tensor: _route(cfg, geoms[t.tensor], samples, t.rank_bound) for t in kept}
-    return Plan(kept, geoms, dtypes, dict(cuts), routes, tuple(skipped), cfg.rows, samples, available, batch, static)
+    skipped = [s for s in skipped if s.tensor is None or s.tensor not in {t.tensor for t in taps if t.role == "feed"}]
+    return Plan(
+        kept,
+        geoms,
+        dtypes,
+        dict(cuts),
+        routes,
+        tuple(skipped),
+        cfg.rows,
+        samples,
+        available,
+        batch,
+        static,
+        feeds,
+        full_batches=bn_batch is not None,
+    )
+
+
+def bn_window(samples: int, bn_batch: int, rows: object, available: int | None) -> int:
+    """The window of a score whose BatchNorms use batch statistics: ``samples`` (what the
+    matrices need) rounded up to a whole number of ``bn_batch``-sample forward passes, within
+    the data.  Rounding up, not padding the last batch: a padded batch's statistics would be
+    those of the padding too, and a short last batch's those of fewer samples — either would
+    change the rows it gives.  The window's samples are the data's own (the rows are drawn
+    among all of them); where the data cannot hold the rounded window, it is the whole batches
+    the data holds (``rows="all"``: every whole batch, the rest of the data left out), and the
+    matrices that then lack rows are rectangular, with the usual warning."""
+    if available is not None and available < bn_batch:
+        raise InputDataError(
+            f"the data's {available} samples cannot fill one forward pass of --bn-batch {bn_batch}: with "
+            "--batchnorm batch every forward pass holds that many samples; give more samples or a smaller --bn-batch"
+        )
+    whole = math.ceil(samples / bn_batch) * bn_batch
+    if available is None:
+        return whole
+    fits = available // bn_batch * bn_batch
+    return fits if rows == "all" else min(whole, fits)
+
+
+def _bn_forward(
+    cfg: ScoreConfig, bn_batch: int, per_sample: float, geoms: Mapping[str, Geometry], static: int | None
+) -> int:
+    """The forward batch with BatchNorm on batch statistics: exactly ``bn_batch`` samples
+    (the model's own batch when its graph fixes one), or a one-sentence refusal."""
+    if static:
+        return static
+    if cfg.batch_size is not None and cfg.batch_size != bn_batch:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} and --bn-batch {bn_batch} differ: with --batchnorm batch every forward "
+            "pass holds exactly --bn-batch samples (the batch whose statistics each BatchNorm uses); drop --batch-size"
+        )
+    if bn_batch > 1 and any(not g.batch_major for g in geoms.values()):
+        raise ConfigError(
+            "a tap of this model interleaves the samples of a batch (its first axis is not the samples'), so it can only "
+            f"run one sample per forward pass, not --bn-batch {bn_batch}; use --batchnorm running or --bn-batch 1"
+        )
+    limit = budget.batch_limit(per_sample, cfg.max_memory)  # refuses when not even one sample fits
+    if bn_batch > limit:
+        raise ConfigError(
+            f"a forward pass of --bn-batch {bn_batch} samples would hold {budget.gib(bn_batch * per_sample)} of "
+            f"activations, more than a quarter of the memory limit of {budget.gib(cfg.max_memory)} (--max-memory); "
+            f"give --bn-batch {limit} or less, or a larger --max-memory"
+        )
+    return bn_batch
 
 
 def _forward_bytes(geoms: Mapping[str, Geometry], itemsize: Mapping[str, int], cuts: Mapping[str, Cut]) -> float:
@@ -159,4 +252,4 @@ def _check_rows(cfg: ScoreConfig, geoms: Mapping[str, Geometry], samples: int, a
             )
 
 
-__all__ = ["LIVE_TENSORS", "Draw", "Plan", "Route", "make_plan"]
+__all__ = ["LIVE_TENSORS", "Draw", "Plan", "Route", "bn_window", "make_plan"]

@@ -5,10 +5,19 @@ its input untouched (the file on disk is never modified):
 
 1. :func:`inline_functions` — model-local functions are inlined, so layers that exporters
    wrap in functions (the dynamo exporter does) become visible nodes.
+1b. :func:`~onnx_near.branches.resolve_ifs` — an If whose condition constants (or the inputs
+   fed unchanged with every batch, such as a sample rate) decide is replaced by the branch
+   that runs, so the layers of that branch become main-graph nodes.
 2. :func:`~onnx_near.defuse.defuse_contrib_ops` — onnxruntime's fused ops (FusedConv,
    FusedGemm, BiasGelu, SkipLayerNormalization…) are split back into standard ops, so the
    pre-activations they hid exist again.
+2b. :func:`~onnx_near.dequantise.float_view` and :func:`~onnx_near.dequantise.dequantise_taps`
+   — a quantised graph's taps are found on the float network it stands for, and each is the
+   float value a quantised layer's output stands for (a DequantizeLinear of it is added).
 3. :func:`infer_shapes` — element types and shapes are attached to intermediate tensors.
+3b. :func:`~onnx_near.batchnorm.batch_statistics` (``--batchnorm batch`` only) — every
+   BatchNormalization normalises with the statistics of the batch being fed, as PyTorch's
+   training mode does; run after the taps are found, so each BatchNorm is still one.
 4. :func:`cut_windows` — after every tap, the few standard nodes that cut out the rows its
    matrix keeps (Slice over samples, Transpose of the feature axis last, Flatten, Slice over
    rows), the window's bounds fed as runtime inputs: onnxruntime hands back blocks of rows,
@@ -19,7 +28,7 @@ its input untouched (the file on disk is never modified):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,11 +37,15 @@ import onnx.inliner
 import onnx.shape_inference
 from onnx import helper, numpy_helper
 
+from .batchnorm import batch_statistics
+from .branches import resolve_ifs
 from .defuse import defuse_contrib_ops
+from .dequantise import dequantise_taps, float_view
 from .errors import GraphError, NoTapsError
 from .graph import GraphIndex, without_weights
 from .load import LoadedModel
-from .taps import Tap, TapPlan, plan_taps
+from .ops import CONTROL_FLOW
+from .taps import Tap, TapPlan, Untappable, plan_taps
 
 log = logging.getLogger(__name__)
 
@@ -195,27 +208,92 @@ class PreparedModel:
 
 
 def analyse(
-    loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | None = None
+    loaded: LoadedModel,
+    mode: str = "all",
+    axes: Mapping[str, int] | None = None,
+    feeds: bool = False,
+    fixed: Mapping[str, np.ndarray] | None = None,
+    batchnorm: str = "running",
 ) -> tuple[onnx.ModelProto, GraphIndex, TapPlan]:
-    """Inline and infer shapes, then find the taps (no runtime needed)."""
-    model = infer_shapes(defuse_contrib_ops(inline_functions(loaded.proto)))
+    """Inline, decide the Ifs that constants or the inputs in ``fixed`` decide (their values:
+    the inputs fed unchanged with every batch), de-fuse and infer shapes, then find the taps
+    (no runtime needed); ``feeds`` plans the tensors the taps read as well (see
+    :func:`~onnx_near.taps.plan_taps`).  The plan's ``untappable`` also lists the branches not
+    taken, and says why the Ifs left in place were not decided.
+
+    With ``batchnorm="batch"``, last, :func:`~onnx_near.batchnorm.batch_statistics`: every
+    BatchNorm normalises with the statistics of the batch being fed.  It runs after the taps
+    are found, so a BatchNorm is still a tap (its output keeps its name), and the index
+    returned is of the graph before it (parameters, MACs and BatchNorms as the file has them)."""
+    resolved, notes = resolve_ifs(inline_functions(loaded.proto), fixed)
+    model = infer_shapes(defuse_contrib_ops(resolved))
     index = GraphIndex(model)
-    return model, index, plan_taps(index, mode, axes)
+    view = float_view(index)
+    if view is None:
+        plan = _with_notes(plan_taps(index, mode, axes, feeds), notes)
+    else:
+        # A quantised graph: the taps are found on the float network it stands for, then dequantised.
+        floats = GraphIndex(infer_shapes(view.model))
+        model, plan = dequantise_taps(model, view, floats, plan_taps(floats, mode, axes, feeds))
+        index, plan = GraphIndex(model), _with_notes(plan, notes)
+    if batchnorm == "batch":
+        model = batch_statistics(model).model
+    return model, index, plan
 
 
-def prepare(loaded: LoadedModel, mode: str = "all", axes: Mapping[str, int] | None = None) -> PreparedModel:
-    """Run the rewrite passes; raise :class:`NoTapsError` when nothing can be scored."""
-    model, index, plan = analyse(loaded, mode, axes)
+def _with_notes(plan: TapPlan, notes: Sequence[Untappable]) -> TapPlan:
+    """``plan`` whose entries for the Ifs left in place say why (from ``notes``), followed by
+    the notes on the branches not taken."""
+    if not notes:
+        return plan
+    said = {u.where: u for u in notes}
+    kept = [said.pop(u.where) if u.op == "If" and u.where in said else u for u in plan.untappable]
+    return replace(plan, untappable=(*kept, *said.values()))
+
+
+def prepare(
+    loaded: LoadedModel,
+    mode: str = "all",
+    axes: Mapping[str, int] | None = None,
+    feeds: bool = False,
+    fixed: Mapping[str, np.ndarray] | None = None,
+    analysed: tuple[onnx.ModelProto, GraphIndex, TapPlan] | None = None,
+    batchnorm: str = "running",
+) -> PreparedModel:
+    """Run the rewrite passes; raise :class:`NoTapsError` when nothing can be scored.
+
+    ``analysed`` is what :func:`analyse` gave for the same model, mode, axes and feeds without
+    ``fixed`` (the caller read the inputs with it); it is used as it is unless the inputs in
+    ``fixed`` decide an If it left in place (then every pass runs again, with ``fixed``).
+    ``batchnorm`` as for :func:`analyse` (and the same as ``analysed`` was made with).
+    """
+    if analysed is None or (fixed and resolve_ifs(analysed[0], fixed)[0] is not analysed[0]):
+        analysed = analyse(loaded, mode, axes, feeds, fixed, batchnorm)
+    model, index, plan = analysed
     if not plan.taps:
-        what = (
-            "activation"
-            if mode == "activations"
-            else "weighted layer (Conv, Gemm, MatMul with constant weights, normalisation) and no activation"
-        )
-        raise NoTapsError(f"{loaded.path.name!r} has no {what}: there is nothing to score")
+        raise NoTapsError(nothing_to_score(loaded.path.name, mode, plan.untappable))
     # The analysed model is a copy the rewrite owns (unless every pass was a no-op): extend it.
     cut, cuts = cut_windows(model, plan.taps, in_place=model is not loaded.proto)
     return PreparedModel(cut, plan, index, cuts)
+
+
+def nothing_to_score(name: str, mode: str, untappable: Sequence[Untappable]) -> str:
+    """The sentence of :class:`NoTapsError` for a model whose main graph has no tap: true also
+    when its layers lie inside control-flow bodies (it names them, and why they stay there)."""
+    what = (
+        "activation"
+        if mode == "activations"
+        else "weighted layer (Conv, Gemm, MatMul with constant weights, normalisation) and no activation"
+    )
+    hidden = [u for u in untappable if u.op in CONTROL_FLOW]
+    if not hidden:
+        return f"{name!r} has no {what}: there is nothing to score"
+    listed = "; ".join(f"{u.op} {u.where!r}: {u.reason}" for u in hidden[:3])
+    more = f"; and {len(hidden) - 3} more" if len(hidden) > 3 else ""
+    return (
+        f"nothing in {name!r} can be scored: its {'activations' if mode == 'activations' else 'layers'} "
+        f"all lie inside control-flow bodies, which cannot be tapped — {listed}{more}"
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from .budget import weight_bytes
 from .errors import ModelLoadError, RunError
 from .graph import split_weights
+from .install import preload_cuda_libraries
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Runner:
         self.label = label
         self.deadline = deadline  # time.monotonic() value after which runs are stopped
         providers = [CPU] if device == "cpu" else [CUDA, CPU]
+        if CUDA in providers and CUDA in ort.get_available_providers():
+            preload_cuda_libraries()  # the CUDA/cuDNN wheels of the [gpu] extra
         level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if weight_bytes(model) <= ALL_MAX_WEIGHT_BYTES

@@ -6,6 +6,7 @@ the taps without running the model.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -19,20 +20,22 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import budget
+from . import budget, clock
+from .batchnorm import folded_batchnorm_hint, inference_batchnorms
 from .collect import collect
 from .config import ScoreConfig
 from .cost import count_macs
-from .errors import NonFiniteMatrixError, RunError
-from .graph import parameter_count
-from .inputs import DataArg, Source, check_data, companions, elem_name, input_specs, read_data
+from .errors import NonFiniteMatrixError, NoTapsError, RunError
+from .graph import GraphIndex, parameter_count
+from .inputs import DataArg, Source, batch_axes, check_data, elem_name, input_specs, optional_inputs, read_data
 from .load import load_model
 from .ops import BOUNDED
 from .plan import Plan, make_plan
 from .progress import Progress
+from .proxies import ProxyValues, mean_proxies, measure_proxies
 from .reinit import reinitialize
 from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
-from .rewrite import Cut, analyse, prepare
+from .rewrite import Cut, analyse, nothing_to_score, prepare
 from .routes import rank_matrices
 from .run import Runner
 
@@ -59,6 +62,10 @@ class _Run:
     runner: Runner
     plan: Plan
     deadline: float | None
+    feed_rng: np.random.Generator = field(default_factory=np.random.default_rng)  # draws for the feeds
+    batchnorms: int = 0  # inference-form BatchNormalization nodes of the model
+    notes: list[str] = field(default_factory=list)  # warnings for the report, found while setting up
+    proxies: list[ProxyValues] = field(default_factory=list)  # per repetition (ScoreConfig.proxies)
 
     @property
     def label(self) -> str:
@@ -74,6 +81,7 @@ class _TapStats:
     """What one tap gathers over the repetitions."""
 
     eranks: list[float] = field(default_factory=list)
+    rms: list[float] = field(default_factory=list)  # root mean square of its values (measured for vet)
     row_starts: list[int] = field(default_factory=list)
     saturation: list[float] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)  # approximate route: error bound per repetition
@@ -109,9 +117,11 @@ def score(
     """
     cfg = make_config(config, **options)
     timings = {"load_rewrite": 0.0, "session": 0.0, "forward": 0.0, "erank": 0.0}
+    clock.restart()  # in a sandbox, the parent's --timeout clock counts from here
     run = _set_up(model, data, cfg, timings)
     xp = _array_module(run.runner.provider)
     rng = np.random.default_rng(cfg.seed)
+    run.feed_rng = np.random.default_rng([cfg.seed, 1])  # apart from rng: feeds leave the score as it is
     stats = {t.tensor: _TapStats() for t in run.plan.taps}
     bar = progress or Progress.silent()
     bar.start(run.name, cfg.repetitions, run.plan.samples, len(run.plan.taps))
@@ -129,16 +139,24 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     t0 = perf_counter()
     loaded = load_model(model)
     budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
-    prepared = prepare(loaded, cfg.taps, cfg.axes)
-    index, taps = prepared.index, prepared.plan
+    # For the inputs: nothing raised yet.
+    analysed = analyse(loaded, cfg.taps, cfg.axes, cfg.feeds, batchnorm=cfg.batchnorm)
+    index = analysed[1]
     base_dir, name = loaded.base_dir, loaded.path.name
-    del loaded  # the rewritten model is an independent copy: let the original's weights go
-    arrays = read_data(data, index.graph_inputs, list(companions(index)))
-    specs = input_specs(index, cfg.shapes, arrays)
+    optional = optional_inputs(index, cfg.batch_axes, cfg.shapes, cfg.input_values)
+    arrays = read_data(data, index.graph_inputs, optional, cfg.max_memory)
+    specs = input_specs(index, cfg.shapes, arrays, cfg.batch_axes, cfg.input_values)
     budget.check_inputs(specs, cfg.max_memory)
-    source = Source(specs, check_data(arrays, specs) if arrays is not None else None)
+    source = Source(specs, check_data(arrays, specs) if arrays is not None else None, cfg.synthetic or "normal")
+    # The inputs fed unchanged with every batch (a sample rate) decide the Ifs that read them.
+    prepared = prepare(loaded, cfg.taps, cfg.axes, cfg.feeds, source.fixed, analysed, cfg.batchnorm)
+    index, taps = prepared.index, prepared.plan
+    del loaded, analysed  # the rewritten model is an independent copy: let the original's weights go
     params = parameter_count(index)
-    macs = count_macs(index.model, {s.name: s.sample_shape for s in specs})
+    macs = count_macs(index.model, {s.name: s.sample_shape for s in specs if s.batch_axis == 0})
+    batchnorms = len(inference_batchnorms(index))
+    hint = folded_batchnorm_hint(index) if cfg.batchnorm == "batch" else None
+    notes = [hint] if hint else []
     timings["load_rewrite"] += perf_counter() - t0
 
     t0 = perf_counter()
@@ -156,11 +174,60 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
         for b in c.bounds or ():
             feeds[b] = np.zeros(1, dtype=np.int64)
     probe = runner.run(feeds)
+    unbatched = _rows_not_per_sample(runner, source, cuts, probe) if not static else frozenset()
     skipped = [Skipped(u.where, u.op, u.reason) for u in taps.untappable]
-    plan = make_plan(cfg, taps.taps, cuts, probe, probe_batch, skipped, source.n_samples, static, repr(name))
+    bn_batch = (static or cfg.bn_batch) if cfg.batchnorm == "batch" and batchnorms else None
+    if bn_batch is not None and static and static != cfg.bn_batch:
+        notes.append(
+            f"the model's graph fixes its batch at {static} samples: its BatchNorms use the statistics of "
+            f"{static} samples per forward pass, not --bn-batch {cfg.bn_batch}"
+        )
+    plan = make_plan(
+        cfg,
+        taps.taps,
+        cuts,
+        probe,
+        probe_batch,
+        skipped,
+        source.n_samples,
+        static,
+        repr(name),
+        bn_batch=bn_batch,
+        unbatched=unbatched,
+    )
+    if plan.full_batches and plan.rows == "all" and plan.available and plan.samples < plan.available:
+        notes.append(
+            f"--rows all with --batchnorm batch: the last {plan.available - plan.samples} samples of the data do not "
+            f"fill a forward pass of --bn-batch {plan.batch} and are left out"
+        )
     del probe
     timings["forward"] += perf_counter() - t0
-    return _Run(cfg, name, base_dir, kept, params, macs, source, runner, plan, deadline)
+    run = _Run(cfg, name, base_dir, kept, params, macs, source, runner, plan, deadline)
+    run.batchnorms, run.notes = batchnorms, notes
+    return run
+
+
+def _rows_not_per_sample(
+    runner: Runner, source: Source, cuts: Mapping[str, Cut], probe: Mapping[str, np.ndarray]
+) -> frozenset[str]:
+    """The taps whose first axis does not grow with the batch — a recurrent state's output,
+    [1, 1, 128] whatever the batch — found from a second probe of two samples (shapes only).
+    Their rows cannot be told apart by sample: the plan runs one sample per forward pass."""
+    if source.n_samples is not None and source.n_samples < 2:
+        return frozenset()
+    feeds = source.probe(2)
+    for c in cuts.values():
+        for b in c.bounds or ():
+            feeds[b] = np.zeros(1, dtype=np.int64)
+    second = runner.run(feeds, [c.shape or c.output for c in cuts.values()])
+
+    def first_axis(out: Mapping[str, np.ndarray], c: Cut) -> int | None:
+        dims = tuple(int(d) for d in out[c.shape]) if c.shape is not None else out[c.output].shape
+        return int(dims[0]) if len(dims) else None
+
+    return frozenset(
+        t for t, c in cuts.items() if first_axis(probe, c) is not None and first_axis(probe, c) == first_axis(second, c)
+    )
 
 
 def _outputs(cuts: Mapping[str, Cut]) -> list[str]:
@@ -189,18 +256,40 @@ def _repetition(
         )
         timings["session"] += perf_counter() - t0
     t0 = perf_counter()
-    draw = plan.draw(rng)
+    draw = plan.draw(rng, run.feed_rng)
     for tensor, b in draw.blocks.items():
         stats[tensor].row_starts.append(b.start)
+    window_rng = copy.deepcopy(rng) if cfg.proxies else None  # the window's synthetic samples, again
     kept = collect(plan, run.runner, run.source, draw, rng, xp, lambda done, total: bar.samples(repetition, done))
+    if window_rng is not None:  # MeCo, SWAP: the window's first batch once more, its taps as they need them
+        run.proxies.append(
+            measure_proxies(
+                cfg.proxies, plan, run.runner, run.source, draw.start, window_rng, cfg.bn_batch, cfg.max_batch_bytes
+            )
+        )
     timings["forward"] += perf_counter() - t0
 
     t0 = perf_counter()
     run.check_time()
-    matrices = [kept[t.tensor] for t in plan.taps]
-    routes = [plan.routes[t.tensor] for t in plan.taps]
-    ranked = rank_matrices(matrices, routes, rng, xp, cfg.threads, lambda done: bar.ranked(repetition, done))
-    for t, m, (value, bound) in zip(plan.taps, matrices, ranked):
+    taps = [t for t in plan.taps if t.tensor not in plan.feeds]
+    feeds = [t for t in plan.taps if t.tensor in plan.feeds]
+    ranked = []
+    for group, generator, before in ((taps, rng, 0), (feeds, run.feed_rng, len(taps))):
+        if group:
+
+            def ranked_so_far(done: int, before: int = before) -> None:
+                bar.ranked(repetition, before + done)
+
+            ranked += rank_matrices(
+                [kept[t.tensor] for t in group],
+                [plan.routes[t.tensor] for t in group],
+                generator,
+                xp,
+                cfg.threads,
+                ranked_so_far,
+            )
+    matrices = [kept[t.tensor] for t in taps + feeds]
+    for t, m, (value, bound) in zip(taps + feeds, matrices, ranked):
         st = stats[t.tensor]
         st.shape = (int(m.shape[0]), int(m.shape[1]))
         limits = BOUNDED.get(t.op)
@@ -208,6 +297,9 @@ def _repetition(
             st.saturation.append(saturated_fraction(m, *limits))
         if bound is not None:
             st.bounds.append(bound)
+        if cfg.feeds:  # vet compares a tap's magnitude with its feed's: an exploding layer
+            with np.errstate(all="ignore"):
+                st.rms.append(float(xp.sqrt(xp.mean(xp.square(m.astype(xp.float64))))))
         if isinstance(value, NonFiniteMatrixError):
             st.invalid = "its activations hold NaN or Inf, so it has no effective rank"
             st.eranks.append(math.nan)
@@ -224,12 +316,16 @@ def _result(
     cfg = run.cfg
     shapes = {t: st.shape for t, st in stats.items()}
     plan = run.plan
-    warnings = _shape_warnings(cfg, list(plan.taps), shapes, plan.available)
+    counted = [t for t in plan.taps if t.tensor not in plan.feeds]
+    warnings = _shape_warnings(cfg, counted, shapes, plan.available)
     for w in warnings:
         log.warning(w)
     for note in run.source.filled:  # said in the report, not a warning on stderr
         log.info(note)
-    warnings = [*run.source.filled, *warnings]
+    proxy_notes = list(dict.fromkeys(n for p in run.proxies for n in p.notes))
+    for note in run.notes + proxy_notes:  # said once, in the report
+        log.info(note)
+    warnings = [*run.source.filled, *warnings, *run.notes, *proxy_notes]
     layers = tuple(
         LayerScore(
             index=k,
@@ -246,11 +342,16 @@ def _result(
             row_starts=tuple(st.row_starts),
             saturation=_mean(st.saturation) if st.saturation else None,
             erank_error=_mean(st.bounds) if st.bounds else None,
+            feed=t.feed if t.feed in stats else None,
+            feed_erank=_mean(stats[t.feed].eranks) if t.feed in stats else None,
+            rms=_mean(st.rms) if st.rms else None,
+            feed_rms=_mean(stats[t.feed].rms) if t.feed in stats and stats[t.feed].rms else None,
+            head=t.head,
         )
-        for k, t in enumerate(plan.taps)
+        for k, t in enumerate(counted)
         for st in [stats[t.tensor]]
     )
-    totals = [sum(stats[t.tensor].eranks[r] for t in plan.taps) for r in range(cfg.repetitions)]
+    totals = [sum(stats[t.tensor].eranks[r] for t in counted) for r in range(cfg.repetitions)]
     timings["total"] = sum(timings.values())
     return ScoreResult(
         model=model,
@@ -269,6 +370,12 @@ def _result(
         skipped=plan.skipped,
         warnings=tuple(warnings),
         timings=timings,
+        batchnorm=cfg.batchnorm,
+        inputs=run.source.described,
+        bn_batch=plan.batch if plan.full_batches else None,
+        batchnorms=run.batchnorms,
+        proxies=mean_proxies(run.proxies),
+        proxy_batch=run.proxies[0].batch if run.proxies else None,
     )
 
 
@@ -277,8 +384,11 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
     cfg = make_config(config, **options)
     loaded = load_model(model)
     _, index, plan = analyse(loaded, cfg.taps, cfg.axes)
+    fixed = _given_values(index, cfg)
+    if fixed and any(n.op_type == "If" for n in index.nodes):  # the Ifs that inputs given a value decide
+        _, index, plan = analyse(loaded, cfg.taps, cfg.axes, fixed=fixed)
     if not plan.taps:
-        prepare(loaded, cfg.taps, cfg.axes)  # raises NoTapsError with the standard message
+        raise NoTapsError(nothing_to_score(loaded.path.name, cfg.taps, plan.untappable))
     inputs = tuple(
         (n, elem_name(index.elem_type(n)), tuple(d) if (d := index.dims(n)) is not None else None)
         for n in index.graph_inputs
@@ -289,6 +399,23 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
     )
     skipped = tuple(Skipped(u.where, u.op, u.reason) for u in plan.untappable)
     return LayersReport(str(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
+
+
+def _given_values(index: GraphIndex, cfg: ScoreConfig) -> dict[str, np.ndarray]:
+    """What the dry run knows of the inputs fed unchanged with every batch: the value each
+    one that ``input_values`` names is given (``--input sr=16000``), where the graph fixes its
+    shape.  Others, a state filled with zeros by the score, stay unknown here: the Ifs they
+    decide are listed, with the input they wait for."""
+    if not cfg.input_values:
+        return {}
+    axes = batch_axes(index, cfg.batch_axes, cfg.shapes)
+    out: dict[str, np.ndarray] = {}
+    for name, value in cfg.input_values.items():
+        dims, elem = index.dims(name), index.elem_type(name)
+        shape = [d for d in dims or () if isinstance(d, int)]
+        if axes.get(name, 0) is None and elem and dims is not None and len(shape) == len(dims):
+            out[name] = np.full(shape, value, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+    return out
 
 
 def saturated_fraction(m: np.ndarray, low: float, high: float, margin: float = 0.01) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from graphs import add_only, mlp, save
+from test_inputs import SR, vad_model
 
 import onnx_near
 from onnx_near.cli import main
@@ -108,6 +109,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     nan = np.zeros((16, 6), np.float32)
     nan[2, 3] = np.nan
     np.save(tmp / "nan.npy", nan)
+    vad = str(save(vad_model(), tmp / "vad.onnx"))
     return {
         "missing file": ["score", str(tmp / "nope.onnx")],
         "not onnx": ["score", str(text)],
@@ -122,6 +124,13 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "bad shape option": ["score", dense, "--shape", "x=Nxfoo"],
         "unknown shape input": ["score", dense, "--shape", "pixels=Nx6"],
         "missing data file": ["score", dense, "--data", str(tmp / "nope.npz")],
+        "int input without a value": ["score", vad],
+        "unknown --input": ["score", vad, "--input", "rate=16000"],
+        "bad --input value": ["score", vad, "--input", "sr=loud"],
+        "bad --input form": ["score", vad, "--input", "sr"],
+        "bad --batch-axis": ["score", vad, "--input", "sr=16000", "--batch-axis", "state=first"],
+        "unknown --batch-axis": ["score", vad, "--input", "sr=16000", "--batch-axis", "rate=0"],
+        "batch axis out of range": ["score", vad, "--input", "sr=16000", "--batch-axis", "state=5"],
     }
 
 
@@ -141,6 +150,13 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "bad shape option",
         "unknown shape input",
         "missing data file",
+        "int input without a value",
+        "unknown --input",
+        "bad --input value",
+        "bad --input form",
+        "bad --batch-axis",
+        "unknown --batch-axis",
+        "batch axis out of range",
     ],
 )
 def test_bad_input_gives_one_sentence_and_no_traceback(tmp_path: Path, case: str) -> None:
@@ -152,6 +168,19 @@ def test_bad_input_gives_one_sentence_and_no_traceback(tmp_path: Path, case: str
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnx-near: error: "), err
+    assert NAMED.get(case, "") in lines[0], err
+
+
+# What the sentence must name, for the inputs that are not a batch (the option that fixes it).
+NAMED = {
+    "int input without a value": "input 'sr' (int64, shape ()) has no batch axis",
+    "unknown --input": "--input names input 'rate'",
+    "bad --input value": "--input expects NAME=VALUE",
+    "bad --input form": "--input expects NAME=VALUE",
+    "bad --batch-axis": "--batch-axis expects NAME=K",
+    "unknown --batch-axis": "--batch-axis names input 'rate'",
+    "batch axis out of range": "--batch-axis state=5 is outside the 3 dimensions",
+}
 
 
 def test_failed_run_writes_no_output_file(tmp_path: Path) -> None:
@@ -215,3 +244,47 @@ def test_batch_memory_splits_taps_into_groups_with_the_same_score() -> None:
     code, plain, _ = run("score", CNN, "--format", "json")
     code_small, grouped, _ = run("score", CNN, "--format", "json", "--batch-memory", "1K")
     assert code == code_small == 0 and json.loads(grouped)["score"] == json.loads(plain)["score"]
+
+
+def test_state_and_sample_rate_options_match_the_api(tmp_path: Path) -> None:
+    """--data with a state batched on axis 1, --input for the sample rate: the API's score,
+    and the JSON's warnings say how each input was fed."""
+    path = str(save(vad_model(), tmp_path / "vad.onnx"))
+    rng = np.random.default_rng(0)
+    data = {
+        "x": rng.standard_normal((10, 16)).astype(np.float32),
+        "state": rng.standard_normal((2, 10, 8)).astype(np.float32),
+    }
+    np.savez(tmp_path / "d.npz", **data)
+    code, out, err = run("score", path, "--data", str(tmp_path / "d.npz"), "--input", "sr=16000", "--format", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["score"] == onnx_near.score(path, data=data, input_values={"sr": SR}).score
+    assert any("'sr'" in w and "16000" in w for w in d["warnings"]) and any("axis 1" in w for w in d["warnings"])
+    code, out, err = run("score", path, "--data", str(tmp_path / "d.npz"), "--input", "sr=zeros", "--format", "json")
+    assert code == 0
+    assert [l["erank"] for l in json.loads(out)["layers"] if l["op"] == "Tanh"] == [0.0]  # zero rate: Tanh(0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score"],
+        ["rank"],
+        ["vet"],
+        ["init", "--schemes", "xavier-uniform,kaiming-normal", "-r", "1"],
+        ["activations", "--candidates", "relu,tanh", "-r", "1"],
+        ["layers"],
+    ],
+)
+def test_every_command_takes_batch_axis_and_input(tmp_path: Path, command: list[str]) -> None:
+    """--batch-axis and --input reach the config of every command that scores (and the dry
+    run's): a state whose batch symbol the graph does not share, and an int sample rate,
+    score with them and are refused without them."""
+    path = str(save(vad_model(state="state_batch"), tmp_path / "unshared.onnx"))
+    code, out, err = run(command[0], path, *command[1:], "--batch-axis", "state=1", "--input", "sr=16000")
+    assert code in (0, 1) and "error" not in err, err  # vet exits 1 when a check fails
+    assert out.strip()
+    code, _, err = run(command[0], path, *command[1:], "--input", "sr=16000")
+    if command[0] not in ("rank", "layers"):  # rank lists a model it cannot score; layers runs nothing
+        assert code == 2 and "--batch-axis state=1" in err, err

@@ -4,6 +4,8 @@ traceback, nothing written, nothing read outside the model's folder."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +286,91 @@ def test_protobuf_nested_deeper_than_the_parser_allows(tmp_path: Path) -> None:
     m.ClearField("graph")
     (tmp_path / "deep.onnx").write_bytes(m.SerializeToString() + _field(7, body + g))
     refused("score", str(tmp_path / "deep.onnx"), match="deeper than the protobuf parser allows")
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess: what reaches file descriptor 2 is seen too."""
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_near.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_output_refuses_the_models_own_path_and_what_is_not_a_file(tmp_path: Path) -> None:
+    """Issue #13 item 5: -o MODEL.onnx overwrote the model with its report; a FIFO or device
+    was replaced by a regular file; a missing folder, "" and /proc gave internal errors."""
+    model = save(mlp(), tmp_path / "m.onnx")
+    before = model.read_bytes()
+    os.mkfifo(tmp_path / "fifo")
+    for target, says in [
+        (str(model), "own input files"),
+        (str(tmp_path / "fifo"), "not a regular file"),
+        ("/dev/null", "not a regular file"),
+        (str(tmp_path), "not a regular file"),
+        (str(tmp_path / "missing" / "r.json"), "does not exist"),
+        ("", "is empty"),
+        ("/proc/version", "cannot be written"),
+    ]:
+        r = _cli("score", str(model), "-o", target)
+        assert r.returncode == 2 and r.stdout == "", (target, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("onnx-near: error: ") and says in lines[0], (target, r.stderr)
+    assert model.read_bytes() == before and (tmp_path / "fifo").is_fifo()
+
+
+def test_output_writes_through_a_link_with_the_umask(tmp_path: Path) -> None:
+    """A symbolic link is written through (the link stays a link); the new file's mode is
+    what the umask gives (it was always 0600); the write stays atomic."""
+    model = save(mlp(), tmp_path / "m.onnx")
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    old = os.umask(0o022)
+    try:
+        r = _cli("score", str(model), "--format", "json", "-o", str(tmp_path / "link.json"))
+        r2 = _cli("score", str(model), "--format", "json", "-o", str(tmp_path / "new.json"))
+    finally:
+        os.umask(old)
+    assert r.returncode == 0 and r2.returncode == 0, r.stderr + r2.stderr
+    assert (tmp_path / "link.json").is_symlink() and '"score"' in (tmp_path / "real.json").read_text()
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx-near-")]
+
+
+def test_onnxruntime_log_lines_do_not_reach_stderr(tmp_path: Path) -> None:
+    """Issue #13 item 7: a run that fails inside onnxruntime printed its ANSI-coloured
+    "[E:onnxruntime:, sequential_executor.cc…]" line on fd 2 before onnx-near's sentence."""
+    g = Graph()
+    r = g.op("Relu", g.op("Gemm", g.input("x", ["N", 4]), g.weight(4, 6)))
+    g.output(g.op("Reshape", r, g.const(np.array([5, -1]), dtype=np.int64)))
+    out = _cli("score", str(save(g.model(infer=False, check=False), tmp_path / "m.onnx")))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("onnx-near: error: "), out.stderr
+    assert "onnxruntime_src" not in lines[0] and "\x1b[" not in out.stderr
+
+
+def test_internal_errors_exit_3_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit codes: 0 success, 1 vet failed a check, 2 bad input, 3 an internal error — one
+    line that names the exception and asks for a report."""
+    import onnx_near.cli as cli
+
+    def broken(*a: object, **k: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "score", broken)
+    r = CliRunner().invoke(main, ["score", str(save(mlp(), tmp_path / "m.onnx"))])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3 and len(lines) == 1 and "ZeroDivisionError" in lines[0] and "report" in lines[0]
+    assert cli.EXIT_CODES == {0: "success", 1: "vet failed a check", 2: "bad input: could not do it", 3: "internal error"}
+
+
+def test_initializer_whose_data_does_not_fit_its_shape(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz_campaign.py (seed 5075): an initializer of shape [1] holding 8
+    values ended in "internal error: ValueError: cannot reshape array"."""
+    m = mlp()
+    m.graph.initializer[0].dims[:] = [1]
+    refused("score", str(save(m, tmp_path / "m.onnx")), match="holds 48 values for its shape [1]")
+
+
+def test_external_data_location_too_long_for_a_path(tmp_path: Path) -> None:
+    """Found by the campaign (seed 5196): a 300-character location ended in "internal error:
+    OSError: File name too long"."""
+    refused("score", str(_external(tmp_path, "a" * 300)), match="not a usable path")

@@ -285,12 +285,12 @@ def test_one_forward_pass_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run.Runner, "run", counting)  # the probe
     monkeypatch.setattr(run.Runner, "run_into", counting_into)  # the batches
     whole = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, batch_size=64)
-    assert batches == [1, 10, 10]  # the probe, then the window (10 samples, for the 10 logits) in one pass each
+    assert batches == [1, 2, 10, 10]  # two probes (1 sample, then 2 for shapes), the window (10) once a repetition
     batches.clear()
     small = onnx_near.score(MODELS / "cnn.onnx", seed=5, repetitions=2, max_batch_bytes=6000)
-    window = sum(batches[1:]) // 2
-    assert len(batches) - 1 == 2 * -(-window // max(batches[1:]))  # ceil(window / batch) passes a repetition
-    assert max(batches[1:]) < window
+    window = sum(batches[2:]) // 2
+    assert len(batches) - 2 == 2 * -(-window // max(batches[2:]))  # ceil(window / batch) passes a repetition
+    assert max(batches[2:]) < window
     assert small.scores == whole.scores
     assert [l.erank for l in small.layers] == [l.erank for l in whole.layers]
 
@@ -481,3 +481,81 @@ def test_weights_in_constant_nodes_score_like_initializers(tmp_path: Path) -> No
     b = onnx_near.score(save(held, tmp_path / "held.onnx"), shapes={"x": (4, 3, 8, 8)}, seed=0)
     assert (b.params, b.macs) == (a.params, a.macs) == (6 * 3 * 9 + 6 + 384 * 10 + 10, 64 * 6 * 27 + 384 * 10)
     assert b.score == pytest.approx(a.score, rel=1e-6)
+
+
+def _decoder_with_past() -> onnx.ModelProto:
+    """A one-layer decoder step as optimum exports it: ``input_ids [batch, sequence_length]``,
+    a cache ``past_key_values.0.key [batch, 1, past_sequence_length, 8]`` concatenated with
+    the new keys, and ``attention_mask [batch, past_sequence_length + sequence_length]``."""
+    from onnx import TensorProto
+
+    g = Graph(seed=3)
+    ids = g.input("input_ids", ["batch", "sequence_length"], TensorProto.INT64)
+    past = g.input("past_key_values.0.key", ["batch", 1, "past_sequence_length", 8])
+    mask = g.input("attention_mask", ["batch", "past_sequence_length + sequence_length"], TensorProto.INT64)
+    emb = g.op("Gather", g.weight(50, 8), ids)
+    k = g.op("Unsqueeze", g.op("MatMul", emb, g.weight(8, 8)), g.const(np.array([1]), dtype=np.int64))
+    keys = g.op("Concat", past, k, axis=2)
+    m = g.op("Unsqueeze", g.op("Cast", mask, to=TensorProto.FLOAT), g.const(np.array([1, 3]), dtype=np.int64))
+    y = g.op("Relu", g.op("ReduceSum", g.op("Mul", keys, m), g.const(np.array([2]), dtype=np.int64), keepdims=0))
+    g.output(g.op("Gemm", g.op("Flatten", y), g.weight(8, 4)), ["batch", 4])
+    return g.model(infer=False)
+
+
+def test_a_decoders_past_is_empty_by_default(tmp_path: Path) -> None:
+    """Issue #11 item 3: a decoder export with past key/values gets an empty past (length 0)
+    and the mask's ``past_sequence_length + sequence_length`` is the sequence length; the
+    score is that of the same data with the empty past given explicitly."""
+    path = save(_decoder_with_past(), tmp_path / "decoder.onnx")
+    r = onnx_near.score(path, shapes={"input_ids": (None, 6)}, seed=0)
+    assert len(r.layers) == 3 and math.isfinite(r.score)
+    assert any("empty past" in w for w in r.warnings)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (16, 6))
+    data = {
+        "input_ids": ids,
+        "past_key_values.0.key": np.zeros((16, 1, 0, 8), np.float32),
+        "attention_mask": np.ones((16, 6), np.int64),
+    }
+    a = onnx_near.score(path, data=data, seed=0)
+    b = onnx_near.score(path, data={"input_ids": ids}, seed=0)
+    assert b.score == a.score
+
+
+def test_parameters_merged_by_deduplication_count_per_reader() -> None:
+    """Issue #11 item 8: the dynamo exporter's optimiser merges equal-valued initializers
+    (BERT-base: 25 LayerNorm weights of ones become one tensor, read by 25 nodes; 85 zero
+    biases one) and leaves 0-d scalars (the attention scale).  A uniform initializer counts
+    once per reader, a tied random weight once, a 0-d float not at all: here PyTorch's count
+    of three LayerNorm(8) and two Linear(8, 8) sharing one weight matrix (tied) is
+    3·(8+8) + 8·8 + 2·8 = 128."""
+    from onnx_near.graph import GraphIndex, parameter_count
+
+    g = Graph(opset=17)
+    ones, zeros, w = g.const(np.ones(8), "ones"), g.const(np.zeros(8), "zeros"), g.weight(8, 8)
+    scale = g.const(np.float32(0.35), "scale")
+    h = g.input("x", ["N", 8])
+    for _ in range(3):
+        h = g.op("LayerNormalization", h, ones, zeros, axis=-1)
+    for _ in range(2):
+        h = g.op("Add", g.op("MatMul", h, w), zeros)
+    g.output(g.op("Mul", h, scale), ["N", 8])
+    assert parameter_count(GraphIndex(g.model())) == 3 * 16 + 64 + 2 * 8
+
+
+def test_quantised_operator_weights_count_as_parameters() -> None:
+    """A QOperator layer's integer weight counts as the parameters it stands for; its scales
+    and zero points do not (a QLinearConv 4←3, 3×3 with an int32 bias: 108 + 4)."""
+    from onnx import TensorProto
+
+    from onnx_near.graph import GraphIndex, parameter_count
+
+    g = Graph(opset=17)
+    x = g.input("x", ["N", 3, 8, 8], TensorProto.UINT8)
+    s, z = g.const(np.float32(0.1)), g.const(np.uint8(128), dtype=np.uint8)
+    wq = g.const(np.ones((4, 3, 3, 3)), dtype=np.int8)
+    ws, wz = g.const(np.full(4, 0.01)), g.const(np.zeros(4), dtype=np.int8)
+    b = g.const(np.zeros(4), dtype=np.int32)
+    y = g.op("QLinearConv", x, s, z, wq, ws, wz, s, z, b)
+    g.output(y)
+    assert parameter_count(GraphIndex(g.model(infer=False, check=False))) == 108 + 4
