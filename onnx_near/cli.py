@@ -221,7 +221,7 @@ _input_options = _options(
 
 def _scoring(default_repetitions: int = 1, batchnorm: str = "running") -> Callable[[F], F]:
     """The options that shape one NEAR computation (fields of ScoreConfig); ``batchnorm`` is
-    the command's default statistics (README: which command uses which, and why)."""
+    the command's default statistics (docs/score.md: which command uses which, and why)."""
     return _options(
         click.option(
             "--batchnorm",

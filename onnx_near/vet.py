@@ -29,7 +29,7 @@ from .score import score
 
 @dataclass(frozen=True)
 class VetChecks:
-    """Thresholds of the checks (None disables the check).  The rules, in order (README,
+    """Thresholds of the checks (None disables the check).  The rules, in order (docs/vet.md,
     "Vetting a model before it ships"; calibrated on ``models/vet_calibration/``, see
     ``benchmarks/vet_calibration.py``):
 
@@ -426,7 +426,9 @@ def degenerate_weights(model: str | os.PathLike[str], chk: VetChecks) -> dict[st
                 "degenerate weight",
                 zeros,
                 chk.max_zeros,
-                f"its weight {held[0]!r} holds {levels.size} distinct value(s), {zeros:.0%} of its "
+                f"its weight {held[0]!r} is all zeros (a lost or zeroed tensor)"
+                if zeros == 1.0
+                else f"its weight {held[0]!r} holds {levels.size} distinct values, {zeros:.0%} of its "
                 f"{w.size} elements exactly 0 (≥ {chk.max_zeros:.0%}): quantised with a scale far too large?",
             )
     return out

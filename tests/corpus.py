@@ -1,6 +1,6 @@
 """The corpus of exported models and what onnx-near makes of each (used by test_goldens.py).
 
-Also renders the coverage table of the README from the same evaluation, so the table is
+Also renders the coverage table of docs/exporters.md from the same evaluation, so the table is
 never written by hand:
 
     python tests/corpus.py --write-readme
@@ -19,7 +19,7 @@ import onnx_near
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "exporters.md"
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
 REL_TOL = 1e-4
 
@@ -118,7 +118,7 @@ def readme_section() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Render the README's coverage table from the corpus.")
-    ap.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
+    ap.add_argument("--write-readme", action="store_true", help="replace the table in docs/exporters.md")
     args = ap.parse_args()
     table = render([evaluate(p) for p in cases()])
     if args.write_readme:

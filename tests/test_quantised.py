@@ -434,9 +434,9 @@ def test_rank_bounds_hold_only_for_unrounded_values(int8: Callable[[str, str], P
 
 
 def test_readme_example_is_real_output(int8: Callable[[str, str], Path]) -> None:
-    """The README's `vet healthy.int8.onnx --baseline models/vet/healthy.onnx` table shows what
+    """docs/vet.md's `vet healthy.int8.onnx --baseline models/vet/healthy.onnx` table shows what
     vet gives for the healthy fixture quantised in QOperator format (square rows, seed 0)."""
-    text = (MODELS.parent / "README.md").read_text()
+    text = (MODELS.parent / "docs" / "vet.md").read_text()
     block = text.split("$ onnx-near vet healthy.int8.onnx", 1)[1].split("```", 1)[0]
     lines = [line for line in block.splitlines() if line.strip()]
     head = next(line for line in lines if line.startswith("#"))

@@ -23,7 +23,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "models" / "vet_calibration"
 MANIFEST: dict[str, Any] = json.loads((CORPUS / "manifest.json").read_text())["models"]
 HEALTHY = sorted(f for f, e in MANIFEST.items() if e["kind"] == "healthy")
 # A square weight stored transposed keeps its singular values: the layer's rank, magnitude
-# and saturation stay those of a healthy layer, and no rule of vet sees it (README, "Vetting a
+# and saturation stay those of a healthy layer, and no rule of vet sees it (docs/vet.md, "Vetting a
 # model before it ships": what vet cannot catch).  Those copies are checked not to fail falsely
 # elsewhere, and kept in the corpus so that a future rule can be measured on them.
 UNSEEN = {"transposed"}
