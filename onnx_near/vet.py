@@ -265,7 +265,8 @@ def vet(
     :class:`VetChecks` to every tap; against ``baseline`` also flag the layers whose erank
     dropped, and the total against ``min_score``."""
     base_cfg = config or ScoreConfig()
-    cfg = replace(base_cfg, feeds=True, synthetic=base_cfg.synthetic or "smooth")
+    # the model as it will be deployed: BatchNorm with its running statistics
+    cfg = replace(base_cfg, feeds=True, synthetic=base_cfg.synthetic or "smooth", batchnorm="running")
     chk = checks or VetChecks()
     report = score(model, data=data, config=cfg)
     base = _match(report.layers, _baseline_layers(baseline, data, cfg)) if baseline is not None else {}
