@@ -83,7 +83,7 @@ def fused_activation(n: onnx.NodeProto) -> str:
     if n.domain != MS or n.op_type not in FUSED_WITH_ACTIVATION:
         return ""
     act = attribute(n, "activation", b"")
-    return act.decode() if isinstance(act, bytes) else str(act)
+    return act.decode(errors="replace") if isinstance(act, bytes) else str(act)
 
 
 def _native_kind(index: GraphIndex, n: onnx.NodeProto) -> str | None:

@@ -283,4 +283,4 @@ def defuse_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _text(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v or "")
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v or "")  # a hostile file: any bytes

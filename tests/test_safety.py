@@ -374,3 +374,17 @@ def test_external_data_location_too_long_for_a_path(tmp_path: Path) -> None:
     """Found by the campaign (seed 5196): a 300-character location ended in "internal error:
     OSError: File name too long"."""
     refused("score", str(_external(tmp_path, "a" * 300)), match="not a usable path")
+
+
+def test_fused_activation_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz_campaign.py (seed 100655): a FusedGemm whose ``activation``
+    attribute is not valid UTF-8 ended in "internal error: UnicodeDecodeError"."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    node = helper.make_node("FusedGemm", ["x", "w"], ["y"], domain="com.microsoft", activation=b"Re\xealu")
+    g = helper.make_graph([node], "g", [x], [y], [w])
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=10
+    )
+    refused("score", str(save(m, tmp_path / "m.onnx")), "--trusted")
