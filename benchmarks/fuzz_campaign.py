@@ -140,7 +140,13 @@ def worker(start: int, count: int, out: Path) -> None:
     srcs = sources()
     with open(out, "a") as log, tempfile.TemporaryDirectory() as tmp:
         for seed in range(start, start + count):
-            kind, data = make_case(seed, srcs)
+            try:
+                kind, data = make_case(seed, srcs)
+            except Exception as e:  # the mutation itself failed (onnx refused to build it): no case
+                log.write(json.dumps({"seed": seed, "kind": "unmade", "exit": None, "ok": True, "note": repr(e)[:200]}))
+                log.write("\n")
+                log.flush()
+                continue
             path = Path(tmp) / "fuzzed.onnx"
             path.write_bytes(data)
             log.write(json.dumps({"seed": seed, "kind": kind, "started": True}) + "\n")
@@ -209,6 +215,9 @@ def main() -> None:
             done = {x["seed"]: x for x in lines if "exit" in x}
             results.update(done)
             started = [x["seed"] for x in lines if x.get("started")]
+            last = max([start - 1, *done, *started])
+            if p.returncode != 0 and (not started or started[-1] in done) and last < start + count - 1:
+                todo.appendleft((last + 1, start + count - last - 1))  # died between cases: go on after them
             if p.returncode != 0 and started and started[-1] not in done:  # the worker died on this case
                 seed = started[-1]
                 kind = next(x["kind"] for x in lines if x["seed"] == seed)
@@ -225,6 +234,9 @@ def main() -> None:
     elapsed = time.monotonic() - t0
     srcs = sources()
     per_kind: collections.Counter[str] = collections.Counter()
+    unmade = [r for r in results.values() if r.get("kind") == "unmade"]
+    for r in unmade:
+        del results[int(r["seed"])]  # type: ignore[arg-type]
     failed = [r for r in results.values() if not r["ok"]]
     for r in results.values():
         per_kind[str(r["kind"]).split(":")[0] + ":" + str(r["kind"]).split(":")[-1]] += 1
@@ -233,7 +245,8 @@ def main() -> None:
         (args.failures / f"case_{r['seed']}.onnx").write_bytes(data)
     scored = sum(1 for r in results.values() if r.get("exit") == 0)
     print(
-        f"{len(results)} cases (seeds {args.seed}…{args.seed + args.cases - 1}) in {elapsed:.0f} s "
+        f"{len(results)} cases (seeds {args.seed}…{args.seed + args.cases - 1}; {len(unmade)} mutations onnx "
+        f"could not build skipped) in {elapsed:.0f} s "
         f"with {args.workers} worker(s): {scored} scored, {len(results) - scored - len(failed)} refused cleanly, "
         f"{len(failed)} failures"
     )
