@@ -86,9 +86,9 @@ def _node_macs(index: GraphIndex, n: onnx.NodeProto) -> int | None:
     if a is None or not a:
         return None
     if op == "Gemm":
-        k = a[0] if int(attribute(n, "transA", 0)) else a[-1]
+        k = a[0] if _flag(n, "transA") else a[-1]
     else:
-        k = a[-2] if int(attribute(n, "transA", 0)) and len(a) > 1 else a[-1]
+        k = a[-2] if _flag(n, "transA") and len(a) > 1 else a[-1]
     return math.prod(out) * k
 
 
@@ -96,6 +96,12 @@ def _gemm_out(index: GraphIndex, n: onnx.NodeProto, wi: int) -> list[int] | None
     a, w = _static(index.dims(n.input[0])), _static(index.dims(n.input[wi]))
     if a is None or w is None or len(a) != 2 or len(w) != 2:
         return None
-    rows = a[1] if int(attribute(n, "transA", 0)) else a[0]
-    cols = w[0] if int(attribute(n, "transB", 0)) else w[1]
+    rows = a[1] if _flag(n, "transA") else a[0]
+    cols = w[0] if _flag(n, "transB") else w[1]
     return [rows, cols]
+
+
+def _flag(n: onnx.NodeProto, name: str) -> int:
+    """An int attribute such as ``transA``; 0 when absent or not an int (a malformed node)."""
+    v = attribute(n, name, 0)
+    return v if isinstance(v, int) else 0

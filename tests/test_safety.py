@@ -388,3 +388,16 @@ def test_fused_activation_name_that_is_not_utf8(tmp_path: Path) -> None:
         g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=10
     )
     refused("score", str(save(m, tmp_path / "m.onnx")), "--trusted")
+
+
+def test_gemm_with_a_trans_attribute_that_is_not_an_int(tmp_path: Path) -> None:
+    """Found by the fuzzing campaign (seed 148971): a Gemm whose ``transA`` is not an int made
+    the MAC count fail with TypeError; the count is left unknown and onnxruntime decides."""
+    from onnx_near.cost import count_macs
+
+    m = mlp()
+    node = next(n for n in m.graph.node if n.op_type == "Gemm")
+    node.attribute.append(helper.make_attribute("transA", "yes"))
+    assert count_macs(m, {"x": (6,)}) is None or isinstance(count_macs(m, {"x": (6,)}), int)
+    r = CliRunner().invoke(main, ["score", str(save(m, tmp_path / "m.onnx")), "--trusted"])
+    assert r.exit_code in (0, 2) and "internal error" not in r.stderr, r.stderr
