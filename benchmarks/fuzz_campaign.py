@@ -34,19 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 LIMITS = ["--rows", "16", "--max-memory", "1G", "--timeout", "20", "--format", "json", "--quiet"]
-GRAPH_KINDS = [
-    "drop_node",
-    "rewire_input",
-    "op_type",
-    "duplicate_node",
-    "init_dims",
-    "input_dims",
-    "input_type",
-    "drop_initializer",
-    "attribute",
-    "opset",
-    "ir_version",
-]
 NEW_KINDS = ["wrap_in_if", "to_constant", "to_sparse", "external_location", "scalar_input"]
 
 
@@ -105,7 +92,7 @@ def _new_mutation(m: object, kind: str, rng: random.Random) -> None:
 def make_case(seed: int, srcs: list[Path]) -> tuple[str, bytes]:
     """The mutation class and the bytes of case ``seed`` (deterministic)."""
     import onnx
-    from test_fuzz import _mutate
+    from test_fuzz import MUTATIONS, _mutate
 
     rng = random.Random(seed)
     source = srcs[rng.randrange(len(srcs))]
@@ -119,7 +106,7 @@ def make_case(seed: int, srcs: list[Path]) -> tuple[str, bytes]:
         return "bytes", bytes(data)
     m = onnx.load(str(source))
     if roll < 0.8:
-        kinds = [rng.choice(GRAPH_KINDS) for _ in range(rng.randint(1, 3))]
+        kinds = [rng.choice(MUTATIONS) for _ in range(rng.randint(1, 3))]
         for kind in kinds:
             _mutate(m, kind, rng.randrange(1001), rng.randrange(1001))
         return "graph:" + kinds[0], m.SerializeToString()

@@ -169,11 +169,7 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     t0 = perf_counter()
     static = source.static_batch
     probe_batch = static or 1
-    feeds = source.probe(probe_batch)
-    for c in cuts.values():
-        for b in c.bounds or ():
-            feeds[b] = np.zeros(1, dtype=np.int64)
-    probe = runner.run(feeds)
+    probe = runner.run(_probe_feeds(source, cuts, probe_batch))
     unbatched = _rows_not_per_sample(runner, source, cuts, probe) if not static else frozenset()
     skipped = [Skipped(u.where, u.op, u.reason) for u in taps.untappable]
     bn_batch = (static or cfg.bn_batch) if cfg.batchnorm == "batch" and batchnorms else None
@@ -207,6 +203,15 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     return run
 
 
+def _probe_feeds(source: Source, cuts: Mapping[str, Cut], batch: int) -> dict[str, np.ndarray]:
+    """A probe's inputs: ``batch`` samples, and every cut's row window empty (shapes only)."""
+    feeds = source.probe(batch)
+    for c in cuts.values():
+        for b in c.bounds or ():
+            feeds[b] = np.zeros(1, dtype=np.int64)
+    return feeds
+
+
 def _rows_not_per_sample(
     runner: Runner, source: Source, cuts: Mapping[str, Cut], probe: Mapping[str, np.ndarray]
 ) -> frozenset[str]:
@@ -215,11 +220,7 @@ def _rows_not_per_sample(
     Their rows cannot be told apart by sample: the plan runs one sample per forward pass."""
     if source.n_samples is not None and source.n_samples < 2:
         return frozenset()
-    feeds = source.probe(2)
-    for c in cuts.values():
-        for b in c.bounds or ():
-            feeds[b] = np.zeros(1, dtype=np.int64)
-    second = runner.run(feeds, [c.shape or c.output for c in cuts.values()])
+    second = runner.run(_probe_feeds(source, cuts, 2), [c.shape or c.output for c in cuts.values()])
 
     def first_axis(out: Mapping[str, np.ndarray], c: Cut) -> int | None:
         dims = tuple(int(d) for d in out[c.shape]) if c.shape is not None else out[c.output].shape

@@ -92,26 +92,28 @@ def _mutate(m: onnx.ModelProto, kind: str, k: int, value: int) -> None:
         m.ir_version = [1, 3, 14, 99][value % 4]
 
 
+# The structural mutations of _mutate (benchmarks/fuzz_campaign.py draws from them too).
+MUTATIONS = (
+    "drop_node",
+    "rewire_input",
+    "op_type",
+    "duplicate_node",
+    "init_dims",
+    "input_dims",
+    "input_type",
+    "drop_initializer",
+    "attribute",
+    "opset",
+    "ir_version",
+)
+
+
 @SETTINGS
 @given(
     source=st.sampled_from(SOURCES),
     mutations=st.lists(
         st.tuples(
-            st.sampled_from(
-                [
-                    "drop_node",
-                    "rewire_input",
-                    "op_type",
-                    "duplicate_node",
-                    "init_dims",
-                    "input_dims",
-                    "input_type",
-                    "drop_initializer",
-                    "attribute",
-                    "opset",
-                    "ir_version",
-                ]
-            ),
+            st.sampled_from(MUTATIONS),
             st.integers(0, 1000),
             st.integers(0, 1000),
         ),
