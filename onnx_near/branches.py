@@ -15,18 +15,24 @@ inputs in ``fixed``: the inputs that are fed unchanged with every batch (a sampl
 the data), whose values onnx-near knows before the run.  It is evaluated once, with
 onnxruntime, on the nodes it is computed from.  A condition that reads the data (its values
 change from batch to batch) is left as it is.
+
+The If's condition is decided here; the branch that runs is inlined by
+:mod:`onnx_near.branch_inline`, with the names and scopes of subgraphs from
+:mod:`onnx_near.subgraphs`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .branch_inline import inline_branch, prune_condition, sort_nodes
+from .subgraphs import fresh_name, tensors_read
 from .taps import Untappable, scorable_ops
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,7 @@ def resolve_ifs(
     seen: set[str] = set()
     for n in g.node:  # every If gets a name of its own, for the entries (and the plan's) to meet
         if _is_if(n) and (not n.name or n.name in seen):
-            n.name = _fresh(n.name or "If", {m.name for m in g.node})
+            n.name = fresh_name(n.name or "If", {m.name for m in g.node})
             changed = True
         seen.add(n.name)
     while True:
@@ -76,7 +82,7 @@ def resolve_ifs(
             break
         node = g.node[k]
         if not node.name:  # an If that an inlined branch brought
-            node.name = _fresh("If", {n.name for n in g.node})
+            node.name = fresh_name("If", {n.name for n in g.node})
         branches = {a.name: a.g for a in node.attribute if a.name in _BRANCHES and a.type == onnx.AttributeProto.GRAPH}
         if len(branches) != 2 or not node.input or not node.input[0]:  # not a valid If: the runtime says so
             left.add(node.name)
@@ -108,9 +114,9 @@ def resolve_ifs(
             )
         log.info("If %r: the %s runs %s; inlined", node.name, taken.replace("_", " "), decision.why)
         condition = node.input[0]
-        _inline(g, k, branches[taken])
-        _prune(g, condition)
-        _sort(g)
+        inline_branch(g, k, branches[taken])
+        prune_condition(g, condition)
+        sort_nodes(g)
         changed = True
     if changed:
         _drop_unread_initializers(g)
@@ -168,7 +174,7 @@ def _decide(model: onnx.ModelProto, k: int, fixed: Mapping[str, np.ndarray]) -> 
             reads.add(t)
             continue
         nodes.add(i)
-        for x in _reads(g.node[i]):
+        for x in tensors_read(g.node[i]):
             if x and x not in seen:
                 seen.add(x)
                 stack.append(x)
@@ -253,210 +259,6 @@ def _evaluate(
     session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
     (value,) = session.run([cond], dict(feeds))
     return np.asarray(value)
-
-
-# --- inlining ---------------------------------------------------------------------------------
-
-
-def _inline(g: onnx.GraphProto, k: int, branch: onnx.GraphProto) -> None:
-    """Replace the If at ``g.node[k]`` by the nodes of ``branch`` (see :func:`resolve_ifs`)."""
-    node = g.node[k]
-    label = node.name
-    outside: set[str] = set()  # every name of the model that the branch's own names could meet
-    for i, n in enumerate(g.node):
-        if i != k:
-            outside.update(_names_of_node(n))
-    outside.update(x for x in [*node.input, *node.output] if x)
-    for v in [*g.input, *g.output, *g.value_info]:
-        outside.add(v.name)
-    outside.update(t.name for t in g.initializer)
-    outside.update(t.values.name for t in g.sparse_initializer)
-    inner = {x for n in branch.node for a in n.attribute for s in _graphs(a) for x in _names_in(s)}
-    own = _defined(branch)
-    taken = outside | inner | own
-
-    mapping: dict[str, str] = {}
-    made = {o for n in branch.node for o in n.output if o}
-    extra: list[tuple[str, str]] = []  # (branch tensor, If output) handed out through an Identity
-    for bo, io in zip(branch.output, node.output):
-        if not io:
-            continue
-        if bo.name in made and bo.name not in mapping:
-            mapping[bo.name] = io
-        else:
-            extra.append((bo.name, io))
-    for name in sorted(own):
-        if name in mapping:
-            continue
-        new = name if name not in outside else _fresh(f"{label}/{name}", taken)
-        taken.add(new)
-        mapping[name] = new
-
-    node_names = {n.name for n in g.node if n.name}  # the If's own too: a nested If must not take it
-    nodes: list[onnx.NodeProto] = []
-    for n in branch.node:
-        m = onnx.NodeProto()
-        m.CopyFrom(n)
-        _replace(m.input, mapping)
-        _replace(m.output, mapping)
-        for a in m.attribute:
-            for s in _graphs(a):
-                _rename(s, mapping)
-        if m.name and m.name in node_names:
-            m.name = _fresh(f"{label}/{m.name}", node_names)
-        if m.name:
-            node_names.add(m.name)
-        nodes.append(m)
-    for src, io in extra:
-        name = _fresh(f"{label}/output", node_names)
-        node_names.add(name)
-        nodes.append(helper.make_node("Identity", [mapping.get(src, src)], [io], name=name))
-    for t in branch.initializer:
-        moved = g.initializer.add()
-        moved.CopyFrom(t)
-        moved.name = mapping[t.name]
-    for st in branch.sparse_initializer:
-        moved_sparse = g.sparse_initializer.add()
-        moved_sparse.CopyFrom(st)
-        moved_sparse.values.name = mapping[st.values.name]
-    known = {v.name for v in [*g.input, *g.output, *g.value_info]}
-    for v in branch.value_info:
-        if v.name in own and mapping[v.name] not in known:
-            vi = g.value_info.add()
-            vi.CopyFrom(v)
-            vi.name = mapping[v.name]
-    rest = list(g.node)
-    del g.node[:]
-    g.node.extend([*rest[:k], *nodes, *rest[k + 1 :]])
-
-
-def _rename(graph: onnx.GraphProto, mapping: Mapping[str, str]) -> None:
-    """In place: the outer names in ``mapping`` renamed wherever ``graph`` and its subgraphs
-    read them, except where a graph defines the name itself (its own tensor shadows the outer one)."""
-    local = _defined(graph)
-    m = {k: v for k, v in mapping.items() if k not in local}
-    if not m:
-        return
-    for n in graph.node:
-        _replace(n.input, m)
-        for a in n.attribute:
-            for s in _graphs(a):
-                _rename(s, m)
-    for o in graph.output:
-        if o.name in m:
-            o.name = m[o.name]
-
-
-def _replace(names: object, mapping: Mapping[str, str]) -> None:
-    """Rename, in place, the entries of a repeated string field."""
-    field = names  # protobuf RepeatedScalarContainer
-    new = [mapping.get(x, x) for x in field]  # type: ignore[attr-defined]
-    del field[:]  # type: ignore[attr-defined]
-    field.extend(new)  # type: ignore[attr-defined]
-
-
-def _fresh(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem_1``, ``stem_2``… : the first that is not in ``taken``."""
-    if stem not in taken:
-        return stem
-    k = 1
-    while f"{stem}_{k}" in taken:
-        k += 1
-    return f"{stem}_{k}"
-
-
-def _prune(g: onnx.GraphProto, condition: str) -> None:
-    """Remove the nodes that computed ``condition`` and whose outputs nothing reads any more."""
-    frontier = [condition]
-    while frontier:
-        used = {x for n in g.node for x in _reads(n)} | {o.name for o in g.output}
-        producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-        dead: set[int] = set()
-        upstream: list[str] = []
-        for t in frontier:
-            i = producer.get(t)
-            if i is None or i in dead or any(o in used for o in g.node[i].output if o):
-                continue
-            dead.add(i)
-            upstream.extend(x for x in _reads(g.node[i]) if x)
-        keep = [n for i, n in enumerate(g.node) if i not in dead]
-        del g.node[:]
-        g.node.extend(keep)
-        frontier = upstream
-
-
-def _sort(g: onnx.GraphProto) -> None:
-    """Put the nodes in topological order, counting the names their subgraphs read (stable)."""
-    available = {v.name for v in g.input} | {t.name for t in g.initializer} | {""}
-    available |= {t.values.name for t in g.sparse_initializer}
-    nodes = list(g.node)
-    made = {o for n in nodes for o in n.output if o}
-    order: list[onnx.NodeProto] = []
-    placed = [False] * len(nodes)
-    progress = True
-    while progress and len(order) < len(nodes):
-        progress = False
-        for i, n in enumerate(nodes):
-            if placed[i]:
-                continue
-            if all(x in available or x not in made for x in _reads(n)):
-                placed[i] = True
-                order.append(n)
-                available.update(o for o in n.output if o)
-                progress = True
-    if len(order) < len(nodes):  # a cycle: not ours to report; keep the order as it was
-        return
-    del g.node[:]
-    g.node.extend(order)
-
-
-# --- names and subgraphs -----------------------------------------------------------------------
-
-
-def _graphs(a: onnx.AttributeProto) -> list[onnx.GraphProto]:
-    if a.type == onnx.AttributeProto.GRAPH:
-        return [a.g]
-    if a.type == onnx.AttributeProto.GRAPHS:
-        return list(a.graphs)
-    return []
-
-
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    """Names ``graph`` defines itself: inputs, initializers and node outputs."""
-    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    names |= {t.values.name for t in graph.sparse_initializer}
-    return names | {o for n in graph.node for o in n.output if o}
-
-
-def _outer(graph: onnx.GraphProto) -> set[str]:
-    """Names ``graph`` (or a subgraph of it) reads from the scopes around it."""
-    local = _defined(graph)
-    reads = {x for n in graph.node for x in _reads(n) if x}
-    reads |= {o.name for o in graph.output}
-    return reads - local
-
-
-def _reads(n: onnx.NodeProto) -> Iterator[str]:
-    """The tensors ``n`` reads: its inputs and the outer names its subgraphs read."""
-    yield from n.input
-    for a in n.attribute:
-        for s in _graphs(a):
-            yield from _outer(s)
-
-
-def _names_of_node(n: onnx.NodeProto) -> Iterable[str]:
-    yield from (x for x in [*n.input, *n.output] if x)
-    for a in n.attribute:
-        for s in _graphs(a):
-            yield from _names_in(s)
-
-
-def _names_in(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name ``graph`` and its subgraphs define or read."""
-    names = _defined(graph) | {o.name for o in graph.output} | {v.name for v in graph.value_info}
-    for n in graph.node:
-        names.update(_names_of_node(n))
-    return names
 
 
 def _ops(ops: list[str]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .inputs import Source
+from .inputs.source import Source
 from .matrices import Collector
 from .plan import Draw, Plan
 from .run import Runner

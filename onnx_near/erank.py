@@ -13,6 +13,11 @@ For a real matrix ``A`` with singular values ``σ_1 … σ_Q`` (``Q = min(rows, 
 O. Roy and M. Vetterli, "The effective rank: a measure of effective dimensionality",
 EUSIPCO 2007.  NEAR (Husistein, Reiher, Eckhoff, arXiv 2408.08776, ICLR 2025) sums this
 quantity over the pre- and post-activation matrices of a network.
+
+This module holds the exact routes (SVD, Gram, low-rank) and the pool that runs many
+matrices at once; the error bounds that let a route other than the SVD vouch for its values
+are in :mod:`onnx_near.erank_bounds`, the approximate route (stochastic Lanczos quadrature,
+``--approx-above``) and the array-module helpers in :mod:`onnx_near.lanczos`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ from typing import Any, cast
 
 import numpy as np
 
+from .erank_bounds import eigenvalue_error as _eigenvalue_error
+from .erank_bounds import erank_error_bound as _erank_error_bound
+from .erank_bounds import sqrt_error as _sqrt_error
 from .errors import NonFiniteMatrixError
+from .lanczos import approximate_effective_rank as approximate_effective_rank
+from .lanczos import array_module as array_module
+from .lanczos import to_host as to_host
 
 
 def erank_from_singular_values(sigma: Any, xp: ModuleType = np) -> float:
@@ -49,22 +60,6 @@ def erank_from_singular_values(sigma: Any, xp: ModuleType = np) -> float:
 
 # Below this size an SVD costs next to nothing: no need for the Gram or low-rank routes.
 GRAM_MIN_SIZE = 48
-# The Gram route's eigenvalues are taken to be within GRAM_ERROR_EPS·ε·λ_max of the exact
-# ones.  Measured on the 130 activation matrices of benchmarks/erank_routes.py: the
-# negative eigenvalues a rounding error gives these positive semi-definite Gram matrices
-# stay below 0.8·ε·λ_max, and with 10·ε·λ_max the bound on the erank error stays at least
-# ten times above the error measured against the SVD (6.6 times since the bound's weights
-# are the exact derivatives, :func:`_erank_error_bound`).  (The worst-case
-# max(rows, cols)·ε·λ_max sent layers wider than their input to the SVD, twice as slow, for
-# errors of 4e-8.)
-GRAM_ERROR_EPS = 10
-# ... and within GRAM_RELATIVE_EPS·√rows·ε·λ_i of their own size, which is the larger term
-# for the top eigenvalues: the rounding of the long sums that form AᵀA is relative to each
-# entry.  Measured (``python benchmarks/erank_lowrank.py --gram-errors``, 1024² and 2048²):
-# up to 1.5·√rows·ε·λ_i on the top quarter, and 37·ε·λ_max on the top eigenvalues of a
-# 2048² structurally low-rank layer, where the absolute term alone (14·ε·λ_max) fails.  Its
-# cost in the bound is nil: a relative error of 5e-14 on the largest singular values.
-GRAM_RELATIVE_EPS = 10
 # A route other than the SVD is used only when its bound on the erank error stays below this.
 MAX_RELATIVE_ERROR = 1e-6
 GRAM_MAX_RELATIVE_ERROR = MAX_RELATIVE_ERROR  # the name this bound had first
@@ -106,7 +101,7 @@ def singular_values(a: Any, xp: ModuleType = np, rank_bound: int | None = None) 
     only add singular values that are exactly 0, which the effective rank ignores, so they
     are dropped.  Then the fastest route that can vouch for its values: each route other than
     the SVD bounds the error its values make in the effective rank
-    (:func:`_erank_error_bound`) and is kept only when that bound stays below
+    (:func:`~onnx_near.erank_bounds.erank_error_bound`) and is kept only when that bound stays below
     ``MAX_RELATIVE_ERROR`` = 1e-6 (relative); otherwise the SVD gives them.
 
     - Low-rank route (:func:`_low_rank_route`; numpy only, at least ``LOW_RANK_MIN_SIZE``
@@ -132,8 +127,8 @@ def singular_values(a: Any, xp: ModuleType = np, rank_bound: int | None = None) 
       is smaller) and their square roots, about a third of the time of an SVD (0.08 s against
       0.20 s at 1024, 1.3 s against 4.1 s at 2048, 3.5 s against 11.9 s at 3072 for a
       full-rank GELU output).  Each eigenvalue is taken to be within τ_i
-      (:func:`_eigenvalue_error`, measured) of the exact one, so σ_i within
-      :func:`_sqrt_error`; the bound passes for well-conditioned matrices.
+      (:func:`~onnx_near.erank_bounds.eigenvalue_error`, measured) of the exact one, so σ_i within
+      :func:`~onnx_near.erank_bounds.sqrt_error`; the bound passes for well-conditioned matrices.
     - Otherwise the SVD (numpy's gesdd), exact for every matrix: for rank-deficient matrices
       with many near-zero singular values (a transformer's 4× feed-forward layer on cupy or
       below ``LOW_RANK_MIN_SIZE``, a layer whose rank bound is wrong, an ill-conditioned
@@ -223,7 +218,7 @@ def _low_rank_route(
        σ(A)² are the eigenvalues of [[S1·Q1ᵀQ1·S1, S1·H], [(S1·H)ᵀ, YᵀY]], H = Q1ᵀY, computed:
        - the first block's eigenvalues are s_i²·(1 ± ω), ω = ‖Q1ᵀQ1 − I‖ (Ostrowski);
        - the second's are the tail's, from eigvalsh(YᵀY): an (n−r)-sized Gram route whose
-         error τ (:func:`_eigenvalue_error`) is relative to λ_max(YᵀY) ≈ σ_{r+1}², not to
+         error τ (:func:`~onnx_near.erank_bounds.eigenvalue_error`) is relative to λ_max(YᵀY) ≈ σ_{r+1}², not to
          σ_1², which is why it stays exact where the Gram route on A does not;
        - the coupling moves each eigenvalue by at most min(‖S1·H‖, ‖S1·H‖²/gap) (Weyl; the
          quadratic residual bound of Li & Li 2005), gap = (1 − ω)·s_r² − λ_max(YᵀY).
@@ -312,59 +307,6 @@ def _low_rank_route(
     bound = _erank_error_bound(sigma, np.concatenate([delta_top, delta_tail]), np)
     info.update(omega=w2, h=hn, sh=shn, couple=couple, rho=rho, tail_max=float(np.sqrt(max(float(lam.max()), 0.0))))
     return sigma, bound, info
-
-
-def _eigenvalue_error(lam: Any, summed: int, xp: ModuleType) -> Any:
-    """τ_i: how far each of the Gram route's eigenvalues ``lam`` may be from the exact one.
-
-    ``GRAM_ERROR_EPS``·ε·λ_max as measured for sums of up to 1024 terms, grown like the
-    square root of longer sums (``summed`` terms form each Gram entry: ``rows="all"`` on a
-    convolutional layer sums thousands), and never below ten times the largest negative
-    eigenvalue found, which for a positive semi-definite matrix is rounding error alone;
-    or ``GRAM_RELATIVE_EPS``·√summed·ε·|λ_i| where that is larger (the top eigenvalues).
-    """
-    eps = float(np.finfo(np.float64).eps)
-    lam_max = max(float(lam.max()), 0.0)
-    modelled = GRAM_ERROR_EPS * eps * lam_max * max(1.0, math.sqrt(summed / 1024))
-    absolute = max(modelled, -10.0 * min(float(lam.min()), 0.0))
-    return xp.maximum(absolute, GRAM_RELATIVE_EPS * math.sqrt(summed) * eps * xp.abs(lam))
-
-
-def _sqrt_error(lam: Any, tau: Any, xp: ModuleType) -> Any:
-    """Per value, the largest |√λ − √max(λ̂, 0)| over λ ≥ 0 with |λ − λ̂| ≤ τ (λ̂ = ``lam``)."""
-    lam_c = xp.clip(lam, 0.0, None)
-    s = xp.sqrt(lam_c)
-    up = xp.clip(lam + tau, 0.0, None) - lam_c
-    down = lam_c - xp.clip(lam - tau, 0.0, None)
-    hi = up / xp.maximum(xp.sqrt(lam_c + up) + s, 1e-300)
-    lo = down / xp.maximum(s + xp.sqrt(xp.clip(lam_c - down, 0.0, None)), 1e-300)
-    return xp.maximum(hi, lo)
-
-
-def _erank_error_bound(sigma: Any, delta: Any, xp: ModuleType) -> float:
-    """A bound on the relative change of the effective rank when each singular value
-    ``sigma[j]`` may be off by ``delta[j]``.
-
-    With S = Σσ and c = Σσ·ln σ / S, ∂H/∂σ_j = (c − ln σ_j)/S exactly (H = ln S − c), so
-    |ΔH| ≤ Σ_j δ_j·w_j / (S − Σδ) with w_j = 2 + max |ln s − c| over s ∈ [max(σ_j − δ_j, δ_j),
-    σ_j + δ_j]: one of the 2 covers the stretch below δ_j (∫₀^x |ln s − c| ds ≤
-    x·(1 + |ln x − c|)), the other the move of c itself (at most 2·|ΔH| + Σδ/S, which is small
-    whenever the bound is).  The relative change of erank = e^H is then ≤ |ΔH|·e^{|ΔH|}.
-    """
-    total = float(sigma.sum())
-    slack = float(delta.sum())
-    if slack <= 0.0:
-        return 0.0
-    if total <= slack:
-        return math.inf
-    pos = sigma > 0
-    c = float((sigma[pos] * xp.log(sigma[pos])).sum()) / total
-    moved = delta > 0
-    d = delta[moved]
-    hi = xp.log(sigma[moved] + d) - c
-    lo = xp.log(xp.maximum(sigma[moved] - d, d)) - c
-    dh = float((d * (2.0 + xp.maximum(xp.abs(hi), xp.abs(lo)))).sum()) / (total - slack)
-    return dh * math.exp(dh) if dh < 700 else math.inf
 
 
 def _nonzero_part(a: Any, xp: ModuleType) -> Any:
@@ -482,92 +424,3 @@ def _cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def approximate_effective_rank(
-    matrix: Any, rng: np.random.Generator, probes: int = 48, steps: int = 40, xp: ModuleType | None = None
-) -> tuple[float, float]:
-    """Effective rank by stochastic Lanczos quadrature, with its standard error.
-
-    For G = AᵀA (n × n), Σσ = tr(G^{1/2}) and Σσ ln σ = tr(f(G)), f(λ) = √λ ln √λ, are
-    estimated with Hutchinson's trace estimator on ``probes`` Rademacher vectors, each
-    quadrature from ``steps`` Lanczos steps on G (full reorthogonalisation); then
-    H = ln Σσ − Σσ ln σ / Σσ and erank = exp(H).  The standard error is the jackknife over
-    probes; the error bound reported by onnx-near is four standard errors (measured on
-    ReLU/tanh activation matrices of 1024–4096 columns: errors of 0–3.4 standard errors,
-    0.04–1.9 % relative).  Cost: 2·probes·steps products with A instead of an O(n³)
-    decomposition — 8× faster than the exact route at 4096 columns on 2 cores.  Ubaru, Chen & Saad, "Fast estimation of
-    tr(f(A)) via stochastic Lanczos quadrature", SIAM J. Matrix Anal. Appl. 2017.
-
-    The Lanczos steps run in the array module of ``matrix`` (``xp``, default
-    :func:`array_module`: cupy for a device array); only the small tridiagonal
-    coefficients (steps × probes) come back to the host for the quadrature.
-    """
-    xp = xp if xp is not None else array_module(matrix)
-    a = xp.asarray(matrix, dtype=xp.float64)
-    if not bool(xp.isfinite(a).all()):
-        raise NonFiniteMatrixError("the matrix holds NaN or Inf values")
-    if a.shape[0] < a.shape[1]:
-        a = a.T
-    n = a.shape[1]
-    k = min(steps, n)
-    # All probes advance together: each Lanczos step is one pair of matrix products (GEMMs).
-    v = xp.asarray(rng.choice([-1.0, 1.0], size=(n, probes)) / np.sqrt(n))
-    basis = xp.zeros((k, n, probes))
-    alpha_d = xp.zeros((k, probes))
-    beta_d = xp.zeros((k, probes))
-    for j in range(k):
-        basis[j] = v
-        w = a.T @ (a @ v)
-        alpha_d[j] = xp.einsum("np,np->p", v, w)
-        for _ in range(2):  # full reorthogonalisation, twice for stability
-            coef = xp.einsum("knp,np->kp", basis[: j + 1], w)
-            w = w - xp.einsum("knp,kp->np", basis[: j + 1], coef)
-        b = xp.linalg.norm(w, axis=0)
-        beta_d[j] = b
-        going = b > 1e-12 * xp.maximum(xp.abs(alpha_d[j]), 1e-300)
-        v = xp.where(going, w / xp.where(going, b, 1.0), 0.0)
-    alpha, beta = to_host(alpha_d, xp), to_host(beta_d, xp)
-    s1 = np.empty(probes)
-    s2 = np.empty(probes)
-    for p in range(probes):
-        m = k
-        for j in range(k - 1):  # a (numerically) zero β ends this probe's Krylov space
-            if beta[j, p] <= 1e-12 * max(abs(alpha[j, p]), 1e-300):
-                m = j + 1
-                break
-        t = np.diag(alpha[:m, p]) + np.diag(beta[: m - 1, p], 1) + np.diag(beta[: m - 1, p], -1)
-        theta, u = np.linalg.eigh(t)
-        weights = u[0] ** 2
-        sigma = np.sqrt(np.clip(theta, 0.0, None))
-        s1[p] = n * float(weights @ sigma)
-        s2[p] = n * float(weights @ np.where(sigma > 0, sigma * np.log(np.where(sigma > 0, sigma, 1.0)), 0.0))
-
-    def erank(x1: np.ndarray, x2: np.ndarray) -> float:
-        total = float(x1.mean())
-        return 0.0 if total <= 0 else float(np.exp(np.log(total) - float(x2.mean()) / total))
-
-    value = erank(s1, s2)
-    keep = ~np.eye(probes, dtype=bool)
-    loo = np.array([erank(s1[keep[i]], s2[keep[i]]) for i in range(probes)])
-    stderr = float(np.sqrt((probes - 1) / probes * ((loo - loo.mean()) ** 2).sum()))
-    return value, stderr
-
-
-def array_module(a: Any) -> ModuleType:
-    """The array module of ``a``: the namespace it names (``__array_namespace__``, the
-    Python array API standard, which numpy ≥ 2 and cupy arrays have), cupy for a cupy array
-    of an older cupy, else numpy."""
-    namespace = getattr(a, "__array_namespace__", None)
-    if namespace is not None:
-        return cast(ModuleType, namespace())
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cast(ModuleType, cupy)
-    return np
-
-
-def to_host(a: Any, xp: ModuleType) -> np.ndarray:
-    """``a`` as a numpy array: copied from the device when ``xp`` is not numpy."""
-    return a if xp is np else np.asarray(xp.asnumpy(a))

@@ -186,7 +186,7 @@ FOLDS_RELU = CONVOLUTIONS | {"Gemm", "MatMul", "Add"} | NORMALISATIONS
 # --- what is not tapped ----------------------------------------------------------------------
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 # Quantised layers: their integer outputs are not scored where no float value stands for them
-# (dequantise.py gives one to every QOperator op, and to a dynamic product scaled back to float).
+# (float_view.py gives one to every QOperator op, and to a dynamic product scaled back to float).
 QUANTISED = frozenset(
     {
         "QLinearConv",

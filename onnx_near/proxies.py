@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import Source
+from .inputs.source import Source
 from .matrices import to_rows
 from .meco import layer_meco
 from .plan import Plan

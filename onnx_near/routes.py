@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .erank import approximate_effective_rank, effective_ranks
+from .erank import effective_ranks
 from .errors import NonFiniteMatrixError
+from .lanczos import approximate_effective_rank
 from .plan import Route
 
 
-def rank_matrices(
+def erank_by_route(
     matrices: Sequence[Any],
     routes: Sequence[Route],
     rng: np.random.Generator,

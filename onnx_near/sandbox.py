@@ -28,37 +28,36 @@ needs no pickling: the child has the parent's memory), later calls are pickled t
 worker that dies, is killed or has grown is replaced by a fresh fork on the next call.
 :func:`run` is the one-shot form the CLI uses; :func:`score` is :func:`onnx_near.score`
 through this process's own worker, for engines that score many models.
+
+This module is the parent's side and the API; the child's side (what the forked worker
+runs) is :mod:`onnx_near.sandbox_child`, and the limits it holds are
+:mod:`onnx_near.sandbox_limits`.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import faulthandler
 import logging
 import os
-import pickle
-import re
-import resource
 import signal
 import sys
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import clock
-from .budget import gib
 from .errors import NearError, RunError
+from .model_source import ModelSource, display_name
+from .sandbox_child import own_limits, reply, restart_clock, serve
+from .sandbox_limits import Limits, MemoryLimitError, headroom
 
 if TYPE_CHECKING:
     from .config import ScoreConfig
-    from .inputs import DataArg
+    from .inputs.data import DataArg
     from .progress import Progress
     from .report import ScoreResult
 
@@ -69,52 +68,11 @@ T = TypeVar("T")
 # The parent kills the child this long after the deadline, so that the child's own stop
 # (onnxruntime's terminate flag, the checks between stages) can say where it was first.
 GRACE = 0.25
-# Room for what a process needs beyond the data it computes: each thread's stack (8 MiB by
-# default, reserved writable: counted by RLIMIT_DATA) and its allocator arena.
-STACK_ROOM = 16 << 20
-BASE_ROOM = 64 << 20
-# A long-lived worker retires (the next call forks a fresh one) once its data has grown this
-# much past its size at the start: memory the allocator keeps is then given back.
-RETIRE_GROWTH = 256 << 20
 POLL = 1.0  # seconds between checks that the child still lives, while waiting on it
 
 
 class CrashError(RunError):
     """The child scoring a model died: killed by a signal (a crash in onnxruntime) or exited."""
-
-
-class MemoryLimitError(RunError):
-    """The model needs more memory than the sandbox's limit (``--max-memory``) allows."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a sandboxed computation may use.
-
-    Attributes:
-        memory: bytes of data the child may allocate beyond its size at the start (the
-            imported libraries); None: no limit.
-        timeout: seconds one score may run, counted from the call and again from each
-            :func:`restart_clock`; None: no limit.
-        threads: the threads onnxruntime will start (0: one per CPU), for the stacks' room.
-    """
-
-    memory: int | None = None
-    timeout: float | None = None
-    threads: int = 0
-
-    @classmethod
-    def of(cls, config: ScoreConfig) -> Limits:
-        """The limits a :class:`~onnx_near.config.ScoreConfig` asks for: ``max_memory``,
-        ``timeout`` and ``threads``."""
-        return cls(config.max_memory, config.timeout, config.threads)
-
-
-def headroom(threads: int) -> int:
-    """Bytes the limit allows beyond ``memory``: the stacks of onnxruntime's (and BLAS's)
-    threads and a fixed room for the allocator (64 MiB + 16 MiB a thread)."""
-    n = threads or len(os.sched_getaffinity(0))
-    return BASE_ROOM + STACK_ROOM * n
 
 
 _open: weakref.WeakSet[Sandbox] = weakref.WeakSet()  # every Sandbox of this process
@@ -182,7 +140,7 @@ class Sandbox:
                 for other in list(_open):  # other workers' pipes: theirs to close, not ours to hold
                     if other._conn is not None:
                         other._conn.close()
-                code = _serve(child_end, self.limits, first, parent)
+                code = serve(child_end, self.limits, first, parent)
             finally:
                 os._exit(code)
         child_end.close()
@@ -198,7 +156,7 @@ class Sandbox:
             if left <= 0:
                 self._busy = False
                 self._end(kill=True)
-                raise RunError(f"scoring {label} took longer than the time limit (--timeout {timeout:g} s)")
+                raise clock.time_limit_error(label, timeout)
             if not wait([self._conn], timeout=left):
                 pid, status = os.waitpid(self._pid, os.WNOHANG)
                 if pid == 0:
@@ -262,7 +220,7 @@ _worker: Sandbox | None = None  # this process's worker for score() and score_ea
 
 
 def score(
-    model: str | os.PathLike[str],
+    model: ModelSource,
     data: DataArg = None,
     config: ScoreConfig | None = None,
     progress: Progress | None = None,
@@ -279,7 +237,7 @@ def score(
     from .score import score as score_in_process
 
     cfg = _config(config, options)
-    label = repr(os.path.basename(os.fspath(model)))
+    label = repr(display_name(model))
     return _worker_for(cfg).call(partial(score_in_process, model, data, cfg, progress), label)
 
 
@@ -314,9 +272,7 @@ def _score_each(paths: list[str], data: DataArg, config: ScoreConfig) -> list[Sc
 
     out: list[ScoreResult | BaseException] = []
     for path in paths:
-        _, payload, _ = _reply(
-            partial(score_in_process, path, data, config), repr(os.path.basename(path)), _limits or Limits()
-        )
+        _, payload, _ = reply(partial(score_in_process, path, data, config), repr(os.path.basename(path)), own_limits())
         out.append(payload)
     return out
 
@@ -346,122 +302,6 @@ def _close_worker() -> None:
         _worker.close()
 
 
-_channel: Connection | None = None  # in a worker: the pipe to the parent
-_timed = False  # in a worker: whether the parent keeps a deadline
-_limits: Limits | None = None  # in a worker: its limits
-
-
-def restart_clock() -> None:
-    """Tell the parent that a new score begins, so that its time limit counts from now.
-
-    Called (through :func:`onnx_near.clock.restart`) by :func:`onnx_near.score.score` as it
-    starts; does nothing outside a sandbox."""
-    if _channel is not None and _timed:
-        _channel.send(("tick",))
-
-
-def _serve(conn: Connection, limits: Limits, first: tuple[Callable[[], Any], str], parent: int) -> int:
-    """The worker: the limits, then each call's reply, until the pipe closes or it has grown."""
-    global _channel, _timed, _limits
-    _die_with_parent(parent)
-    faulthandler.disable()  # a crash is the parent's one sentence, not a dump of Python's stack on fd 2
-    start = _limit(limits)
-    _channel, _timed, _limits = conn, limits.timeout is not None, limits
-    clock.on_restart(restart_clock)  # score() starts its clock through onnx_near.clock
-    package = logging.getLogger("onnx_near")  # its records are the parent's to write, where it writes
-    package.handlers[:] = [_Forward(conn)]
-    package.propagate = False
-    call: tuple[Callable[[], Any], str] | None = first
-    while True:
-        if call is None:
-            try:
-                message = conn.recv_bytes()
-            except (EOFError, OSError):
-                return 0
-            try:
-                call = pickle.loads(message)
-            except Exception as e:  # a function this worker, forked earlier, does not have
-                conn.send(("raised", _portable(e), _traceback(e), False))
-                continue
-        assert call is not None
-        fn, label = call
-        kind, payload, remote = _reply(fn, label, limits)
-        retire = _vm_data() - start > min(RETIRE_GROWTH, (limits.memory or RETIRE_GROWTH) // 4)
-        try:
-            conn.send((kind, payload, remote, retire))
-        except Exception as e:  # the result (or error) does not pickle
-            conn.send(("raised", _portable(e), traceback.format_exc(), retire))
-        if retire:
-            return 0
-        call = None
-
-
-def _reply(fn: Callable[[], Any], label: str, limits: Limits) -> tuple[str, Any, str]:
-    """``fn()`` as ("ok", result, "") or ("raised", exception, traceback)."""
-    try:
-        return "ok", fn(), ""
-    except MemoryError as e:
-        return "raised", _memory_error(label, limits, None), _traceback(e)
-    except NearError as e:
-        if limits.memory is not None and _ALLOCATION.search(str(e)):
-            return "raised", _memory_error(label, limits, str(e)), _traceback(e)
-        return "raised", _portable(e), _traceback(e)
-    except BaseException as e:
-        return "raised", _portable(e), _traceback(e)
-
-
-# How onnxruntime and the C++ runtime say that an allocation failed.
-_ALLOCATION = re.compile(r"Failed to allocate memory|bad_alloc|Cannot allocate memory|out of memory", re.IGNORECASE)
-
-
-def _memory_error(label: str, limits: Limits, message: str | None) -> MemoryLimitError:
-    """The sentence for an allocation the limit refused, naming the node and size when the
-    message says them."""
-    assert limits.memory is not None
-    what = ""
-    if message:
-        node = re.search(r"running (\w+) node", message)
-        size = re.search(r"buffer of size (\d+)", message)
-        if size:
-            what = f": onnxruntime could not allocate {gib(int(size.group(1)))}"
-            what += f" for its {node.group(1)} node" if node else ""
-    return MemoryLimitError(
-        f"scoring {label} needs more memory than the limit of {gib(limits.memory)} (--max-memory) allows{what}"
-    )
-
-
-def _limit(limits: Limits) -> int:
-    """Apply ``limits`` to this process; return its data size now (the base of the limit)."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash writes no core file
-    start = _vm_data()
-    if limits.memory is not None:
-        cap = start + limits.memory + headroom(limits.threads)
-        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        if hard != resource.RLIM_INFINITY:
-            cap = min(cap, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    return start
-
-
-def _vm_data() -> int:
-    """This process's data size (``VmData``: heap and private writable mappings), in bytes."""
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmData:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when its parent dies (no orphan keeps computing)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def _death(code: int, label: str) -> CrashError:
     """The sentence for a worker that ended without a reply."""
     if code == -signal.SIGKILL:
@@ -477,24 +317,6 @@ def _death(code: int, label: str) -> CrashError:
     return CrashError(f"the process scoring {label} ended without a result (exit status {code})")
 
 
-class _Forward(logging.Handler):
-    """In the worker: each record of onnx-near's loggers goes to the parent, which writes it
-    with its own handlers (a terminal, a test's captured stream, a Ray worker's log)."""
-
-    def __init__(self, conn: Connection) -> None:
-        super().__init__()
-        self.conn = conn
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = dict(record.__dict__, msg=record.getMessage(), args=None, exc_info=None, exc_text=None)
-        if record.exc_info:
-            fields["msg"] += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        try:
-            self.conn.send(("log", fields))  # handle() holds the handler's lock: one record at a time
-        except Exception:  # a record that does not pickle, a closed pipe: never the score's failure
-            self.handleError(record)
-
-
 class _RemoteTraceback(Exception):
     """The worker's traceback, attached as the cause of what it raised (``--debug`` shows it)."""
 
@@ -504,19 +326,6 @@ class _RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nin the sandboxed worker:\n" + self.text
-
-
-def _traceback(e: BaseException) -> str:
-    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
-
-
-def _portable(e: BaseException) -> BaseException:
-    """``e`` if it survives pickling, else a RuntimeError that names it."""
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 __all__ = [

@@ -1,0 +1,6 @@
+"""``python -m onnx_near.cli``: the ``onnx-near`` command line."""
+
+from . import main
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
