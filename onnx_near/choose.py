@@ -1,7 +1,8 @@
 """Choose an activation function or a weight initialisation without training (SPEC §6).
 
 Each candidate is scored on the same architecture, the same data and the same seed, over
-several repetitions with re-drawn weights; the candidates are ranked by their mean NEAR
+several repetitions with re-drawn weights, as the model it is held in memory (nothing is
+written to disk; external data is read from the model's own folder); the candidates are ranked by their mean NEAR
 score (higher is better), with the standard deviation over repetitions.  Because every
 candidate uses the same seed, repetition r of every candidate sees the same input rows and
 (for activations) the same weights: the comparison is paired.
@@ -9,11 +10,8 @@ candidate uses the same seed, repetition r of every candidate sees the same inpu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import onnx
 
@@ -21,11 +19,12 @@ from .config import ScoreConfig
 from .errors import ConfigError
 from .inputs import DataArg
 from .load import load_model
-from .reinit import SCHEMES
+from .model_source import InMemoryModel, ModelSource, report_name
+from .reinit import SCHEMES, check_scheme
 from .report import grid
-from .rewrite import inline_functions
+from .rewrite import inline_functions, sort_nodes
 from .score import score
-from .variants import CANDIDATES, swap_activations
+from .variants import CANDIDATES, check_activation, swap_activations
 
 
 @dataclass(frozen=True)
@@ -63,51 +62,53 @@ class Ranking:
 
 def _rank(
     kind: str,
-    model: str | os.PathLike[str],
+    model: ModelSource,
     names: Sequence[str],
     make: Callable[[onnx.ModelProto, str], tuple[onnx.ModelProto, ScoreConfig]],
     data: DataArg,
 ) -> Ranking:
+    """Each candidate's variant of ``model``, scored in memory with the model's folder (for
+    its external data), best first."""
     loaded = load_model(model)
-    base = inline_functions(loaded.proto)
+    base = inline_functions(sort_nodes(loaded.proto))  # the rewrite's first two passes
     out: list[Candidate] = []
-    with tempfile.TemporaryDirectory(prefix="onnx-near-") as tmp:
-        for name in names:
-            variant, cfg = make(base, name)
-            path = Path(tmp) / f"{kind}_{name}.onnx"
-            onnx.save(variant, str(path))
-            r = score(path, data=data, config=cfg)
-            out.append(Candidate(name, r.score, r.score_std, r.scores))
+    for name in names:
+        variant, cfg = make(base, name)
+        r = score(InMemoryModel(variant, loaded.base_dir, f"{loaded.name} ({kind} {name})"), data=data, config=cfg)
+        out.append(Candidate(name, r.score, r.score_std, r.scores))
     out.sort(key=lambda c: -c.score)
-    return Ranking(kind, str(model), len(out[0].scores) if out else 0, tuple(out))
+    return Ranking(kind, report_name(model), len(out[0].scores) if out else 0, tuple(out))
+
+
+def _check_some(names: Sequence[str], check: Callable[[str], None], what: str, known: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless ``names`` lists at least one ``what``, each known (``check``)."""
+    if not names:
+        raise ConfigError(f"no {what} given; expected some of {', '.join(known)}")
+    for name in names:
+        check(name)
 
 
 def rank_activations(
-    model: str | os.PathLike[str],
+    model: ModelSource,
     candidates: Sequence[str],
     data: DataArg = None,
     config: ScoreConfig | None = None,
     init: str = "pytorch-default",
 ) -> Ranking:
-    """Every activation site of ``model`` swapped for each candidate; weights re-drawn with ``init``."""
-    unknown = [c for c in candidates if c not in CANDIDATES]
-    if unknown or not candidates:
-        raise ConfigError(
-            f"unknown activation {unknown[0] if unknown else '(none)'!r}; expected some of {', '.join(CANDIDATES)}"
-        )
+    """Every activation site of ``model`` swapped for each candidate; weights re-drawn with ``init``.
+
+    ``model``: a file, or a model held in memory (as for :func:`onnx_near.score`)."""
+    _check_some(candidates, check_activation, "activation", CANDIDATES)
     cfg = replace(config or ScoreConfig(repetitions=5, batchnorm="batch"), reinit=init)
     return _rank("activation", model, candidates, lambda m, c: (swap_activations(m, c), cfg), data)
 
 
 def rank_inits(
-    model: str | os.PathLike[str], schemes: Sequence[str], data: DataArg = None, config: ScoreConfig | None = None
+    model: ModelSource, schemes: Sequence[str], data: DataArg = None, config: ScoreConfig | None = None
 ) -> Ranking:
-    """``model`` with its layer weights re-drawn by each scheme, repetition after repetition."""
-    unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown or not schemes:
-        raise ConfigError(
-            f"unknown initialisation scheme {unknown[0] if unknown else '(none)'!r}; expected some of {', '.join(SCHEMES)}"
-        )
+    """``model`` (a file, or a model held in memory) with its layer weights re-drawn by each
+    scheme, repetition after repetition."""
+    _check_some(schemes, check_scheme, "initialisation scheme", SCHEMES)
     cfg = config or ScoreConfig(repetitions=5, batchnorm="batch")
     return _rank("init", model, schemes, lambda m, s: (m, replace(cfg, reinit=s)), data)
 

@@ -31,16 +31,19 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from . import __version__
 from .config import ScoreConfig
 from .errors import ConfigError, NearError, RunError
-from .inputs import DataArg
+from .inputs.data import DataArg
+from .model_source import ModelSource
 from .report import ScoreResult
 from .results import INTERNAL_ERROR, ResultRow
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
-Scorer = Callable[..., ScoreResult]  # called as scorer(path, data=..., config=...), like onnx_near.score
+# Called as scorer(model, data=..., config=...), like onnx_near.score: model is a path, or an
+# in-memory model as an InMemoryModel holding bytes.
+Scorer = Callable[..., ScoreResult]
 
 # Ray: the work one task should hold once the per-model time is known (the first tasks hold
 # one model each).  Measured on 2 local CPUs, a Ray task costs about 1–2 ms on top of its
@@ -52,11 +55,22 @@ MAX_CHUNK = 256
 
 @dataclass(frozen=True)
 class Job:
-    """One model to score: as named, its absolute path, and its file's SHA-256."""
+    """One model to score: as named, its absolute path, and its file's SHA-256.
+
+    An in-memory model's job has its name as both ``model`` and ``path``, the SHA-256 of its
+    bytes, and the model itself as ``source`` (an InMemoryModel holding bytes: they pickle
+    as they are, to a worker process or a Ray task); the scorer is given ``source`` when
+    there is one, ``path`` otherwise."""
 
     model: str
     path: str
     sha256: str | None
+    source: ModelSource | None = None
+
+    @property
+    def scored(self) -> ModelSource:
+        """What the scorer is given."""
+        return self.source if self.source is not None else self.path
 
 
 def score_job(
@@ -69,7 +83,7 @@ def score_job(
     fn = scorer if scorer is not None else _default_scorer()
     t0 = time.perf_counter()
     try:
-        r = fn(job.path, data=data, config=config)
+        r = fn(job.scored, data=data, config=config)
         score, std = _finite(r.score), _finite(r.score_std)
         row = ResultRow(
             job.model, job.path, job.sha256, options, __version__, score, std, r.params, r.macs, None, _since(t0)

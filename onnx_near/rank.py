@@ -4,8 +4,9 @@
 Ray cluster: :mod:`onnx_near.engines`), optionally streaming one row per model to a
 results file that a later run resumes (:mod:`onnx_near.results`), orders them best first,
 and — when accuracies after training are known — reports how well NEAR, parameter count
-and MACs each predict them: Kendall's τ, Spearman's ρ and top-k precision.
-:func:`rank_from_results` does the same from a results file, without scoring.
+and MACs each predict them: Kendall's τ, Spearman's ρ and top-k precision
+(:mod:`onnx_near.correlation`).  :func:`rank_from_results` does the same from a results
+file, without scoring.
 """
 
 from __future__ import annotations
@@ -23,13 +24,25 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .config import PROXIES, ScoreConfig, computed_proxies
+from .correlation import Correlation, correlate, rank_average
 from .engines import Engine, Job, LocalEngine, Scorer
 from .errors import InputDataError
 from .inputs import DataArg
+from .model_source import IN_MEMORY, InMemoryModel, ModelSource, file_path, in_memory
 from .report import grid
-from .results import ResultRow, RowKey, file_sha256, latest_rows, open_for_append, options_key, read_rows, score_options
+from .results import (
+    ResultRow,
+    RowKey,
+    bytes_sha256,
+    file_sha256,
+    latest_rows,
+    open_for_append,
+    options_key,
+    read_rows,
+    score_options,
+)
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +59,6 @@ class ModelRank:
     accuracy: float | None = None
     error: str | None = None
     proxies: Mapping[str, float] = field(default_factory=dict)  # MeCo, SWAP and rank-average combinations
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """How well one predictor orders the models like their accuracies."""
-
-    kendall_tau: float
-    spearman_rho: float
-    top_k_precision: float
-    models: int | None = None  # the models correlated, when fewer than those with an accuracy
-    k: int | None = None  # then the k of its top-k precision (10 % of those models)
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,32 @@ def _clean(v: Any) -> Any:
 
 def find_models(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The ``.onnx`` files named, or found (recursively, sorted) in the folders named."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(p.rglob("*.onnx")))
-        else:
-            out.append(p)
+    out = [f for p in paths for f in _found(Path(p))]
+    if not out:
+        raise InputDataError("no .onnx model was given or found in the folders given")
+    return out
+
+
+def _found(p: Path) -> list[Path]:
+    return sorted(p.rglob("*.onnx")) if p.is_dir() else [p]
+
+
+def _listed(models: Sequence[ModelSource]) -> list[Path | InMemoryModel]:
+    """The models to rank, in order: the files named or found in the folders named, and the
+    models held in memory, each by its name (``<in-memory model K>`` for the K-th one given
+    without a name), as bytes."""
+    out: list[Path | InMemoryModel] = []
+    unnamed = 0
+    for m in models:
+        held, path = in_memory(m), file_path(m)
+        if path is not None:
+            out.extend(_found(Path(path)))
+            continue
+        assert held is not None
+        if held.name is None:
+            unnamed += 1
+            held = InMemoryModel(held.model, held.base_dir, f"{IN_MEMORY[:-1]} {unnamed}>")
+        out.append(held.as_bytes())
     if not out:
         raise InputDataError("no .onnx model was given or found in the folders given")
     return out
@@ -130,7 +152,7 @@ def read_accuracies(path: str | os.PathLike[str]) -> dict[str, float]:
 
 
 def rank_models(
-    models: Sequence[str | os.PathLike[str]],
+    models: Sequence[ModelSource],
     data: DataArg = None,
     config: ScoreConfig | None = None,
     accuracies: Mapping[str, float] | None = None,
@@ -144,7 +166,7 @@ def rank_models(
     scorer: Scorer | None = None,
     proxies: Sequence[str] = ("near",),
 ) -> RankResult:
-    """Score ``models`` (files or folders), best first, with params and MACs.
+    """Score ``models`` (files, folders, or models held in memory), best first, with params and MACs.
 
     ``proxies`` (:func:`~onnx_near.config.parse_proxies`): the proxies shown, each with its
     column and correlations — ``near``, ``meco``, ``swap`` and rank averages such as
@@ -152,9 +174,13 @@ def rank_models(
     measured by the same scores (``ScoreConfig.proxies``).  Without ``config``, BatchNorms use
     the batch's statistics (``ScoreConfig(batchnorm="batch")``), as the NEAR authors ran them.
 
-    With ``accuracies`` (resolved model path → accuracy), also Kendall's τ, Spearman's ρ
-    and the precision of the top k (default: the best 10 %, at least 1) of NEAR, parameter
-    count and MACs against the accuracies.  ``engine`` scores them (default:
+    A model held in memory (as for :func:`onnx_near.score`) is ranked by its name
+    (``<in-memory model K>`` for the K-th one without a name), keyed in a results file by
+    that name and the SHA-256 of its bytes.
+
+    With ``accuracies`` (resolved model path, or an in-memory model's name → accuracy), also
+    Kendall's τ, Spearman's ρ and the precision of the top k (default: the best 10 %, at
+    least 1) of NEAR, parameter count and MACs against the accuracies.  ``engine`` scores them (default:
     ``LocalEngine(jobs)``: ``jobs`` > 1 scores in that many processes, each onnxruntime
     session on one thread; :class:`~onnx_near.engines.RayEngine` on a Ray cluster).  A model
     that fails is a row with its error, the rest go on.
@@ -169,7 +195,7 @@ def rank_models(
     needed = computed_proxies(tuple(proxies))
     if not set(needed) <= set(cfg.proxies):
         cfg = replace(cfg, proxies=tuple(p for p in PROXIES if p in set(needed) | set(cfg.proxies)))
-    paths = find_models(models)
+    entries = _listed(models)
     run_engine: Engine = engine if engine is not None else LocalEngine(jobs)
     options = score_options(cfg, data)
     okey = options_key(options)
@@ -179,19 +205,24 @@ def rank_models(
     if done:
         log.info("resuming %s: %d rows already there", results, len(done))
     wanted: set[RowKey] = set()  # this run's models: one key per model
-    total = len(paths)
+    total = len(entries)
     count = 0
 
     def todo() -> Iterator[Job]:
         nonlocal count
-        seen: set[str] = set()
-        for p in paths:
-            absolute = str(p.resolve())
-            if absolute in seen:
+        seen: set[tuple[str, str | None]] = set()
+        for p in entries:
+            if isinstance(p, InMemoryModel):
+                assert isinstance(p.model, bytes) and p.name is not None
+                job = Job(p.name, p.name, bytes_sha256(p.model), p)
+            else:
+                job = Job(str(p), str(p.resolve()), None)
+            if (job.path, job.sha256) in seen:  # a model given twice is scored once
                 continue
-            seen.add(absolute)
-            job = Job(str(p), absolute, file_sha256(p))
-            key = (absolute, job.sha256, okey, __version__)
+            seen.add((job.path, job.sha256))
+            if isinstance(p, Path):
+                job = replace(job, sha256=file_sha256(p))
+            key = (job.path, job.sha256, okey, __version__)
             wanted.add(key)
             if key in done:
                 count += 1
@@ -260,7 +291,7 @@ def summarise(
 ) -> RankResult:
     """Rows best first (by the first of ``proxies``; failed ones last, ties by model path)
     and, with accuracies, the correlations of each proxy, parameter count and MACs with them."""
-    acc = {str(Path(k).resolve()): v for k, v in accuracies.items()} if accuracies is not None else {}
+    acc = {**accuracies, **{str(Path(k).resolve()): v for k, v in accuracies.items()}} if accuracies is not None else {}
     ranked = [
         ModelRank(
             r.model,
@@ -286,21 +317,6 @@ def summarise(
     if accuracies is None:
         return RankResult(tuple(ranked), proxies=shown)
     return replace(_with_correlations(tuple(ranked), top_k, shown), proxies=shown)
-
-
-def rank_average(values: Sequence[Sequence[float]]) -> np.ndarray:
-    """The rank-average combination of proxies: per model, the mean over the proxies of its
-    rank among the models (1 = lowest, ties averaged, as ``scipy.stats.rankdata``); NaN for a
-    model that lacks one of them (ranked among the models that have them all).  Higher is
-    better, like each proxy.  ``values``: one sequence per proxy, the models in the same order."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    out = np.full(v.shape[1] if v.ndim == 2 else 0, math.nan)
-    ok = ~np.isnan(v).any(axis=0) if v.size else np.zeros(0, dtype=bool)
-    if ok.any():
-        out[ok] = np.mean([stats.rankdata(row[ok]) for row in v], axis=0)
-    return out
 
 
 def _value(m: ModelRank, name: str) -> float:
@@ -350,23 +366,6 @@ def _with_correlations(rows: tuple[ModelRank, ...], top_k: int | None, shown: Se
         correlation["params"] = correlate(predictors["params"], acc, k)
         correlation["macs"] = correlate(predictors["macs"], acc, k)
     return RankResult(rows, correlation, k)
-
-
-def correlate(predictor: np.ndarray, accuracy: np.ndarray, k: int) -> Correlation:
-    """Kendall's τ (τ-b), Spearman's ρ and top-k precision of ``predictor`` against ``accuracy``.
-
-    Top-k precision: the share of the k most accurate models among the k best-scored ones.
-    NaN where the predictor is unknown for some model or constant.
-    """
-    from scipy import stats  # imported here: scipy.stats alone takes most of a second to import
-
-    if np.isnan(predictor).any() or np.ptp(predictor) == 0:
-        return Correlation(math.nan, math.nan, math.nan)
-    tau = float(stats.kendalltau(predictor, accuracy).statistic)
-    rho = float(stats.spearmanr(predictor, accuracy).statistic)
-    best_pred = set(np.argsort(-predictor, kind="stable")[:k].tolist())
-    best_acc = set(np.argsort(-accuracy, kind="stable")[:k].tolist())
-    return Correlation(tau, rho, len(best_pred & best_acc) / k)
 
 
 def rank_table(r: RankResult) -> str:
@@ -431,3 +430,19 @@ def rank_csv(r: RankResult) -> str:
             ]
         )
     return buf.getvalue().rstrip("\n")
+
+
+__all__ = [
+    "Correlation",
+    "ModelRank",
+    "RankResult",
+    "correlate",
+    "find_models",
+    "rank_average",
+    "rank_csv",
+    "rank_from_results",
+    "rank_models",
+    "rank_table",
+    "read_accuracies",
+    "summarise",
+]

@@ -70,7 +70,7 @@ class ScoreResult:
     provider: str
     seed: int
     rows: str
-    taps: str
+    tap_mode: str  # which tensors were tapped: "all" or "activations" (ScoreConfig.taps)
     params: int
     macs: int | None  # multiply-accumulates per sample (None when shapes are unknown)
     layers: tuple[LayerScore, ...]
@@ -93,7 +93,7 @@ class ScoreResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (``schema_version`` 1); NaN becomes null."""
-        from . import __version__
+        from .version import __version__
 
         d: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -107,7 +107,7 @@ class ScoreResult:
             "provider": self.provider,
             "seed": self.seed,
             "rows": self.rows,
-            "taps": self.taps,
+            "taps": self.tap_mode,
             "params": self.params,
             "macs": self.macs,
             "layers": [
@@ -147,7 +147,7 @@ class LayersReport:
     """The dry run (``onnx-near layers``): the taps of a model without running it."""
 
     model: str
-    taps: str
+    tap_mode: str  # which tensors are tapped: "all" or "activations" (ScoreConfig.taps)
     params: int
     inputs: tuple[tuple[str, str, tuple[int | str | None, ...] | None], ...]
     layers: tuple[TapInfo, ...]
@@ -158,7 +158,7 @@ class LayersReport:
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
-            "taps": self.taps,
+            "taps": self.tap_mode,
             "params": self.params,
             "inputs": [{"name": n, "dtype": t, "shape": list(s) if s is not None else None} for n, t, s in self.inputs],
             "layers": [{**asdict(t), "shape": list(t.shape) if t.shape is not None else None} for t in self.layers],
@@ -193,7 +193,7 @@ def score_table(r: ScoreResult) -> str:
     """A human-readable table of a score."""
     head = (
         f"model {r.model}\nprovider {r.provider} · seed {r.seed} · {r.repetitions} repetition"
-        f"{'s' if r.repetitions != 1 else ''} · rows {r.rows} · taps {r.taps} · {r.params:,} parameters"
+        f"{'s' if r.repetitions != 1 else ''} · rows {r.rows} · taps {r.tap_mode} · {r.params:,} parameters"
         + _batchnorm_words(r)
     )
     rows = [
@@ -237,7 +237,7 @@ def _batchnorm_words(r: ScoreResult) -> str:
 def layers_table(r: LayersReport) -> str:
     """A human-readable table of the dry run."""
     ins = ", ".join(f"{n} {t}[{_dims(s)}]" for n, t, s in r.inputs)
-    head = f"model {r.model}\ninputs {ins} · taps {r.taps} · {r.params:,} parameters"
+    head = f"model {r.model}\ninputs {ins} · taps {r.tap_mode} · {r.params:,} parameters"
     rows = [
         (str(t.index), t.name, t.op, t.role, t.tensor, _dims(t.shape), f"{t.axis} ({t.axis_reason})") for t in r.layers
     ]

@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import ScoreConfig
 from .errors import InputDataError
-from .inputs import DataArg
+from .inputs.data import DataArg
 
 # ScoreConfig fields that change where or how fast a score is computed, not its value.
 # Every other field (a field added later too) is part of a row's options.
@@ -41,9 +41,12 @@ class ResultRow:
     """One model's line of a results file.
 
     Attributes:
-        model: the path as it was named or found (what tables show).
-        path: its absolute path (with ``sha256``, what identifies the model).
-        sha256: SHA-256 of the model file's bytes; None when it could not be read.
+        model: the path as it was named or found (what tables show), or an in-memory
+            model's name.
+        path: its absolute path, or an in-memory model's name (with ``sha256``, what
+            identifies the model).
+        sha256: SHA-256 of the model file's bytes (an in-memory model's serialised bytes);
+            None when the file could not be read.
         options: the options that change the score (:func:`score_options`).
         onnx_near: the version of onnx-near that scored it.
         score, score_std: the NEAR score (mean over repetitions) and its standard deviation;
@@ -131,6 +134,11 @@ def data_fingerprint(data: DataArg) -> str | None:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return f"sha256:{h.hexdigest()}"
+
+
+def bytes_sha256(data: bytes) -> str:
+    """SHA-256 of ``data`` (an in-memory model's serialised bytes), as :func:`file_sha256` gives it for a file."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str | None:

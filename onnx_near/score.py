@@ -9,9 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import perf_counter
@@ -25,18 +22,20 @@ from .batchnorm import folded_batchnorm_hint, inference_batchnorms
 from .collect import collect
 from .config import ScoreConfig
 from .cost import count_macs
-from .errors import NonFiniteMatrixError, NoTapsError, RunError
+from .errors import NonFiniteMatrixError, NoTapsError
 from .graph import GraphIndex, parameter_count
 from .inputs import DataArg, Source, batch_axes, check_data, elem_name, input_specs, optional_inputs, read_data
 from .load import load_model
+from .model_source import ModelSource, report_name
 from .ops import BOUNDED
 from .plan import Plan, make_plan
+from .probe import probe_feeds, rows_not_per_sample, tap_outputs
 from .progress import Progress
 from .proxies import ProxyValues, mean_proxies, measure_proxies
 from .reinit import reinitialize
 from .report import LayerScore, LayersReport, ScoreResult, Skipped, TapInfo
-from .rewrite import Cut, analyse, nothing_to_score, prepare
-from .routes import rank_matrices
+from .rewrite import analyse, nothing_to_score, prepare, reanalyse
+from .routes import erank_by_route
 from .run import Runner
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ def make_config(config: ScoreConfig | None = None, **options: Any) -> ScoreConfi
 
 
 @dataclass
-class _Run:
-    """What stays fixed across the repetitions of one score."""
+class ScoreRun:
+    """What stays fixed across the repetitions of one score (what :func:`set_up` makes)."""
 
     cfg: ScoreConfig
     name: str
@@ -72,8 +71,8 @@ class _Run:
         return repr(self.name)
 
     def check_time(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)")
+        if clock.expired(self.deadline):
+            raise clock.time_limit_error(self.label)
 
 
 @dataclass
@@ -90,21 +89,24 @@ class _TapStats:
 
 
 def score(
-    model: str | os.PathLike[str],
+    model: ModelSource,
     data: DataArg = None,
     config: ScoreConfig | None = None,
     progress: Progress | None = None,
     **options: Any,
 ) -> ScoreResult:
-    """NEAR score of the ONNX model at ``model``.
+    """NEAR score of the ONNX model ``model``: a file, or a model held in memory.
 
     The stages, in order: load and rewrite (taps exposed, their rows cut inside the graph),
     the session and its probe pass, the frozen :class:`~onnx_near.plan.Plan`, then per
     repetition: draw the rows, :func:`~onnx_near.collect.collect` them (one forward pass per
-    batch), :func:`~onnx_near.routes.rank_matrices`; finally the report.
+    batch), :func:`~onnx_near.routes.erank_by_route`; finally the report.
 
     Args:
-        model: path of an ``.onnx`` file (external data is read from its folder).
+        model: path of an ``.onnx`` file (external data is read from its folder), an
+            :class:`onnx.ModelProto` or its serialised bytes, or either of these as an
+            :class:`~onnx_near.load.InMemoryModel` with the folder its external data lies in
+            (and a name for the report; a bare one is called ``<in-memory model>``).
         data: ``.npy``/``.npz`` path, an array, or a dict of arrays keyed by input name;
             None synthesises inputs (standard normal floats, token ids within the vocabulary).
         config: a :class:`ScoreConfig`; keyword ``options`` override its fields,
@@ -118,7 +120,7 @@ def score(
     cfg = make_config(config, **options)
     timings = {"load_rewrite": 0.0, "session": 0.0, "forward": 0.0, "erank": 0.0}
     clock.restart()  # in a sandbox, the parent's --timeout clock counts from here
-    run = _set_up(model, data, cfg, timings)
+    run = set_up(model, data, cfg, timings)
     xp = _array_module(run.runner.provider)
     rng = np.random.default_rng(cfg.seed)
     run.feed_rng = np.random.default_rng([cfg.seed, 1])  # apart from rng: feeds leave the score as it is
@@ -129,20 +131,24 @@ def score(
         windows = [_repetition(run, rng, xp, stats, timings, bar, r) for r in range(cfg.repetitions)]
     finally:
         bar.finish()
-    return _result(str(model), run, stats, windows, timings)
+    return _result(report_name(model), run, stats, windows, timings)
 
 
-def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timings: dict[str, float]) -> _Run:
+def set_up(model: ModelSource, data: DataArg, cfg: ScoreConfig, timings: dict[str, float]) -> ScoreRun:
     """Load, check and rewrite the model, read the data, create the session, and make the
-    plan from a probe pass of one batch (every window empty: only the taps' shapes come back)."""
-    deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else None
+    plan from a probe pass of one batch (every window empty: only the taps' shapes come back).
+
+    What :func:`score` runs before its repetitions, public for the commands that run a model
+    their own way; ``timings`` (keys ``load_rewrite``, ``session``, ``forward``) is added to."""
+    deadline = clock.deadline(cfg.timeout)
     t0 = perf_counter()
     loaded = load_model(model)
-    budget.check_weights(loaded.proto, loaded.path.name, cfg.max_memory)
+    budget.check_weights(loaded.proto, loaded.name, cfg.max_memory)
     # For the inputs: nothing raised yet.
     analysed = analyse(loaded, cfg.taps, cfg.axes, cfg.feeds, batchnorm=cfg.batchnorm)
     index = analysed[1]
-    base_dir, name = loaded.base_dir, loaded.path.name
+    # An in-memory model given without a base folder keeps every weight inline (load checked).
+    base_dir, name = loaded.base_dir or Path.cwd(), loaded.name
     optional = optional_inputs(index, cfg.batch_axes, cfg.shapes, cfg.input_values)
     arrays = read_data(data, index.graph_inputs, optional, cfg.max_memory)
     specs = input_specs(index, cfg.shapes, arrays, cfg.batch_axes, cfg.input_values)
@@ -161,7 +167,7 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
 
     t0 = perf_counter()
     cuts = prepared.cuts
-    runner = Runner(prepared.model, base_dir, cfg.device, _outputs(cuts), repr(name), cfg.threads, deadline)
+    runner = Runner(prepared.model, base_dir, cfg.device, tap_outputs(cuts), repr(name), cfg.threads, deadline)
     kept = prepared.model if cfg.reinit is not None else None
     del prepared, index  # onnxruntime has its own copy of the weights: let ours go before the runs
     timings["session"] += perf_counter() - t0
@@ -169,8 +175,8 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
     t0 = perf_counter()
     static = source.static_batch
     probe_batch = static or 1
-    probe = runner.run(_probe_feeds(source, cuts, probe_batch))
-    unbatched = _rows_not_per_sample(runner, source, cuts, probe) if not static else frozenset()
+    probe = runner.run(probe_feeds(source, cuts, probe_batch))
+    unbatched = rows_not_per_sample(runner, source, cuts, probe) if not static else frozenset()
     skipped = [Skipped(u.where, u.op, u.reason) for u in taps.untappable]
     bn_batch = (static or cfg.bn_batch) if cfg.batchnorm == "batch" and batchnorms else None
     if bn_batch is not None and static and static != cfg.bn_batch:
@@ -198,46 +204,13 @@ def _set_up(model: str | os.PathLike[str], data: DataArg, cfg: ScoreConfig, timi
         )
     del probe
     timings["forward"] += perf_counter() - t0
-    run = _Run(cfg, name, base_dir, kept, params, macs, source, runner, plan, deadline)
+    run = ScoreRun(cfg, name, base_dir, kept, params, macs, source, runner, plan, deadline)
     run.batchnorms, run.notes = batchnorms, notes
     return run
 
 
-def _probe_feeds(source: Source, cuts: Mapping[str, Cut], batch: int) -> dict[str, np.ndarray]:
-    """A probe's inputs: ``batch`` samples, and every cut's row window empty (shapes only)."""
-    feeds = source.probe(batch)
-    for c in cuts.values():
-        for b in c.bounds or ():
-            feeds[b] = np.zeros(1, dtype=np.int64)
-    return feeds
-
-
-def _rows_not_per_sample(
-    runner: Runner, source: Source, cuts: Mapping[str, Cut], probe: Mapping[str, np.ndarray]
-) -> frozenset[str]:
-    """The taps whose first axis does not grow with the batch — a recurrent state's output,
-    [1, 1, 128] whatever the batch — found from a second probe of two samples (shapes only).
-    Their rows cannot be told apart by sample: the plan runs one sample per forward pass."""
-    if source.n_samples is not None and source.n_samples < 2:
-        return frozenset()
-    second = runner.run(_probe_feeds(source, cuts, 2), [c.shape or c.output for c in cuts.values()])
-
-    def first_axis(out: Mapping[str, np.ndarray], c: Cut) -> int | None:
-        dims = tuple(int(d) for d in out[c.shape]) if c.shape is not None else out[c.output].shape
-        return int(dims[0]) if len(dims) else None
-
-    return frozenset(
-        t for t, c in cuts.items() if first_axis(probe, c) is not None and first_axis(probe, c) == first_axis(second, c)
-    )
-
-
-def _outputs(cuts: Mapping[str, Cut]) -> list[str]:
-    """Every output the runner may be asked for: each tap's rows, and a cut tap's shape."""
-    return [n for c in cuts.values() for n in (c.shape, c.output) if n is not None]
-
-
 def _repetition(
-    run: _Run,
+    run: ScoreRun,
     rng: np.random.Generator,
     xp: Any,
     stats: dict[str, _TapStats],
@@ -253,7 +226,7 @@ def _repetition(
         assert run.model is not None  # kept when re-initialising
         weights = reinitialize(run.model, cfg.reinit, rng)
         run.runner = Runner(
-            weights, run.base_dir, cfg.device, _outputs(plan.cuts), run.label, cfg.threads, run.deadline
+            weights, run.base_dir, cfg.device, tap_outputs(plan.cuts), run.label, cfg.threads, run.deadline
         )
         timings["session"] += perf_counter() - t0
     t0 = perf_counter()
@@ -281,7 +254,7 @@ def _repetition(
             def ranked_so_far(done: int, before: int = before) -> None:
                 bar.ranked(repetition, before + done)
 
-            ranked += rank_matrices(
+            ranked += erank_by_route(
                 [kept[t.tensor] for t in group],
                 [plan.routes[t.tensor] for t in group],
                 generator,
@@ -311,7 +284,7 @@ def _repetition(
 
 
 def _result(
-    model: str, run: _Run, stats: dict[str, _TapStats], windows: list[int], timings: dict[str, float]
+    model: str, run: ScoreRun, stats: dict[str, _TapStats], windows: list[int], timings: dict[str, float]
 ) -> ScoreResult:
     """The report: per-tap means over the repetitions, and the totals."""
     cfg = run.cfg
@@ -363,7 +336,7 @@ def _result(
         provider=run.runner.provider,
         seed=cfg.seed,
         rows=str(cfg.rows),
-        taps=cfg.taps,
+        tap_mode=cfg.taps,
         params=run.params,
         macs=run.macs,
         window_starts=tuple(windows),
@@ -380,16 +353,16 @@ def _result(
     )
 
 
-def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, **options: Any) -> LayersReport:
-    """The taps that :func:`score` would use, found without running the model."""
+def describe(model: ModelSource, config: ScoreConfig | None = None, **options: Any) -> LayersReport:
+    """The taps that :func:`score` would use, found without running the model (``model``
+    as for :func:`score`: a file or a model held in memory)."""
     cfg = make_config(config, **options)
     loaded = load_model(model)
-    _, index, plan = analyse(loaded, cfg.taps, cfg.axes)
-    fixed = _given_values(index, cfg)
-    if fixed and any(n.op_type == "If" for n in index.nodes):  # the Ifs that inputs given a value decide
-        _, index, plan = analyse(loaded, cfg.taps, cfg.axes, fixed=fixed)
+    analysed = analyse(loaded, cfg.taps, cfg.axes)
+    # The Ifs left in place that inputs given a value decide: the passes from decide_ifs on again.
+    _, index, plan = reanalyse(analysed, _given_values(analysed[1], cfg))
     if not plan.taps:
-        raise NoTapsError(nothing_to_score(loaded.path.name, cfg.taps, plan.untappable))
+        raise NoTapsError(nothing_to_score(loaded.name, cfg.taps, plan.untappable))
     inputs = tuple(
         (n, elem_name(index.elem_type(n)), tuple(d) if (d := index.dims(n)) is not None else None)
         for n in index.graph_inputs
@@ -399,7 +372,7 @@ def describe(model: str | os.PathLike[str], config: ScoreConfig | None = None, *
         for k, t in enumerate(plan.taps)
     )
     skipped = tuple(Skipped(u.where, u.op, u.reason) for u in plan.untappable)
-    return LayersReport(str(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
+    return LayersReport(report_name(model), cfg.taps, parameter_count(index), inputs, layers, skipped)
 
 
 def _given_values(index: GraphIndex, cfg: ScoreConfig) -> dict[str, np.ndarray]:
@@ -462,4 +435,4 @@ def _std(xs: list[float]) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-__all__ = ["describe", "make_config", "score"]
+__all__ = ["ScoreRun", "describe", "make_config", "score", "set_up"]

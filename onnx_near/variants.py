@@ -44,6 +44,12 @@ CANDIDATES = (
 )
 
 
+def check_activation(candidate: str) -> None:
+    """Raise :class:`ConfigError` unless ``candidate`` is one of :data:`CANDIDATES`."""
+    if candidate not in CANDIDATES:
+        raise ConfigError(f"unknown activation {candidate!r}; expected one of {', '.join(CANDIDATES)}")
+
+
 class _Nodes:
     """Collects the nodes and constants written for one site."""
 
@@ -119,16 +125,16 @@ def _write(b: _Nodes, candidate: str, x: str, y: str, opset: int) -> None:
             half_x = b.op("Mul", [x, b.const(0.5)])
             b.op("Mul", [half_x, b.op("Add", [b.op("Tanh", [inner]), b.const(1.0)])], y)
     else:
-        raise ConfigError(f"unknown activation {candidate!r}; expected one of {', '.join(CANDIDATES)}")
+        check_activation(candidate)
 
 
 def swap_activations(model: onnx.ModelProto, candidate: str) -> onnx.ModelProto:
     """A copy of ``model`` in which every activation site computes ``candidate`` instead.
 
     Raises :class:`GraphError` when the model has no activation whose input is visible.
+    ``model`` itself is left as it is.
     """
-    if candidate not in CANDIDATES:
-        raise ConfigError(f"unknown activation {candidate!r}; expected one of {', '.join(CANDIDATES)}")
+    check_activation(candidate)
     index = GraphIndex(model)
     sites = [s for s in find_activations(index) if s.pre]
     if not sites:

@@ -15,15 +15,17 @@ This is the expression the authors' code returns; read as a relative slope it is
 because β·γ cancels.  Read as an absolute slope (f'(s) = threshold), the β·γ factor must
 stay: s* = (threshold / (β·γ))^(1/(γ−1)) (slope="absolute").  The default threshold is
 0.5 % (the paper's text); the authors' example uses 1 %.
+
+:func:`estimate_width` builds the MLPs a :class:`WidthSearch` describes and scores them as
+they are held in memory; :func:`estimate_from_models` scores the user's own models.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 import onnx
@@ -32,10 +34,13 @@ from onnx import TensorProto, helper, numpy_helper
 from .config import ScoreConfig
 from .errors import ConfigError, InputDataError
 from .inputs import DataArg
-from .reinit import reinitialize
+from .model_source import InMemoryModel, ModelSource, display_name
+from .reinit import check_scheme, reinitialize
 from .report import LayerScore, grid
-from .score import score
-from .variants import CANDIDATES, swap_activations
+from .score import make_config, score
+from .variants import check_activation, swap_activations
+
+SLOPES = ("relative", "absolute")
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,18 @@ class PowerLaw:
         """The width where the slope falls to ``threshold`` (relative to f'(1), or absolute)."""
         if self.gamma >= 1.0 or self.beta * self.gamma >= 0:
             return math.inf  # the relative score does not decay: no width stands out
+        _check_fit(threshold, slope)
         if slope == "relative":
             return float(threshold ** (1.0 / (self.gamma - 1.0)))
-        if slope == "absolute":
-            return float((threshold / abs(self.beta * self.gamma)) ** (1.0 / (self.gamma - 1.0)))
+        return float((threshold / abs(self.beta * self.gamma)) ** (1.0 / (self.gamma - 1.0)))
+
+
+def _check_fit(threshold: float, slope: str) -> None:
+    """The estimate's threshold lies in (0, 1) and its slope is read one of :data:`SLOPES`'s ways."""
+    if slope not in SLOPES:
         raise ConfigError(f"slope must be 'relative' or 'absolute', not {slope!r}")
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold must lie between 0 and 1, not {threshold}")
 
 
 def fit_power_law(widths: Sequence[float], relative_scores: Sequence[float]) -> PowerLaw:
@@ -148,6 +160,64 @@ def layer_score(result_layers: Sequence[LayerScore], layer: int) -> float:
     return float(np.mean(picked))
 
 
+@dataclass(frozen=True)
+class WidthSearch:
+    """What :func:`estimate_width` builds, scores and fits: for each candidate width w, an MLP
+    ``inputs → fixed… → w → …`` whose hidden layer ``hidden_layer`` (1-based) has width w,
+    its weights drawn by ``init``; the layer's scores are fitted and the width estimated where
+    the fitted slope falls to ``threshold`` (read as ``slope``: "relative" or "absolute").
+
+    ``widths`` are kept sorted, each once; every field is checked as the search is made
+    (:class:`ConfigError`).  ``fixed``: the widths of the hidden layers before ``hidden_layer``.
+    """
+
+    inputs: int
+    outputs: int
+    widths: tuple[int, ...]
+    hidden_layer: int = 1
+    fixed: tuple[int, ...] = ()
+    activation: str = "relu"
+    threshold: float = 0.005
+    slope: str = "relative"
+    init: str = "pytorch-default"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(sorted({int(w) for w in self.widths})))
+        object.__setattr__(self, "fixed", tuple(int(w) for w in self.fixed))
+        check_activation(self.activation)
+        if self.hidden_layer != len(self.fixed) + 1:
+            raise ConfigError(
+                f"--hidden-layer {self.hidden_layer} needs the widths of the {self.hidden_layer - 1} layer(s) "
+                "before it (--fixed)"
+            )
+        if len(self.widths) < 3 or self.widths[0] < 1:
+            raise ConfigError("give at least 3 distinct positive widths")
+        _check_fit(self.threshold, self.slope)
+        check_scheme(self.init)
+
+
+# The fields of the older call, estimate_width(data, inputs, outputs, widths, …, config), in order.
+_OLD_CALL = (
+    "inputs",
+    "outputs",
+    "widths",
+    "hidden_layer",
+    "fixed",
+    "activation",
+    "threshold",
+    "slope",
+    "init",
+    "config",
+)
+
+
+@overload
+def estimate_width(
+    data: DataArg, search: WidthSearch, config: ScoreConfig | None = None, **options: Any
+) -> WidthEstimate: ...
+
+
+@overload
 def estimate_width(
     data: DataArg,
     inputs: int,
@@ -160,61 +230,85 @@ def estimate_width(
     slope: str = "relative",
     init: str = "pytorch-default",
     config: ScoreConfig | None = None,
-    workdir: str | os.PathLike[str] | None = None,
-) -> WidthEstimate:
-    """Score layer ``hidden_layer`` of MLPs whose earlier hidden layers have the ``fixed`` widths
-    and whose layer ``hidden_layer`` takes each candidate width; fit and estimate (SPEC §6)."""
-    if activation not in CANDIDATES:
-        raise ConfigError(f"unknown activation {activation!r}; expected one of {', '.join(CANDIDATES)}")
-    if hidden_layer != len(fixed) + 1:
-        raise ConfigError(
-            f"--hidden-layer {hidden_layer} needs the widths of the {hidden_layer - 1} layer(s) before it (--fixed)"
-        )
-    ws = sorted(set(int(w) for w in widths))
-    if len(ws) < 3 or ws[0] < 1:
-        raise ConfigError("give at least 3 distinct positive widths")
-    if not 0 < threshold < 1:
-        raise ConfigError(f"threshold must lie between 0 and 1, not {threshold}")
-    cfg = replace(config or ScoreConfig(batchnorm="batch"), reinit=init)
-    import tempfile
+) -> WidthEstimate: ...
 
+
+def estimate_width(data: DataArg, *args: Any, **kwargs: Any) -> WidthEstimate:
+    """Score layer ``search.hidden_layer`` of the MLPs of ``search`` (a :class:`WidthSearch`),
+    one per candidate width, each scored as it is held in memory; fit and estimate (SPEC §6).
+
+    ``config`` and the keyword ``options`` (fields of :class:`ScoreConfig`, applied on top
+    of it: ``device``, ``threads``, ``max_memory``, ``seed``, …) set how every MLP is scored;
+    without ``config``, BatchNorms use the batch's statistics.
+
+    The older call, ``estimate_width(data, inputs, outputs, widths, hidden_layer=1, fixed=(),
+    activation="relu", threshold=0.005, slope="relative", init="pytorch-default",
+    config=None)``, gives the same: its arguments are the search's fields.
+    """
+    if "search" in kwargs or (args and isinstance(args[0], WidthSearch)):
+        search, rest = (kwargs.pop("search"), args) if "search" in kwargs else (args[0], args[1:])
+        if not isinstance(search, WidthSearch) or len(rest) > 1:
+            raise TypeError("estimate_width takes (data, search: WidthSearch, config=None, **options)")
+        config = rest[0] if rest else kwargs.pop("config", None)
+        return _estimate_width(data, search, config, kwargs)
+    if len(args) > len(_OLD_CALL):
+        raise TypeError(f"estimate_width takes at most {len(_OLD_CALL) + 1} positional arguments")
+    given = dict(zip(_OLD_CALL, args))
+    for name in _OLD_CALL:
+        if name in kwargs:
+            if name in given:
+                raise TypeError(f"estimate_width got multiple values for argument {name!r}")
+            given[name] = kwargs.pop(name)
+    config = given.pop("config", None)
+    for name in ("widths", "fixed"):
+        if name in given:
+            given[name] = tuple(given[name])
+    return _estimate_width(data, WidthSearch(**given), config, kwargs)
+
+
+def _estimate_width(
+    data: DataArg, search: WidthSearch, config: ScoreConfig | None, options: dict[str, Any]
+) -> WidthEstimate:
+    cfg = replace(make_config(config or ScoreConfig(batchnorm="batch"), **options), reinit=search.init)
     scores: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="onnx-near-width-", dir=workdir) as tmp:
-        for w in ws:
-            model = build_mlp(inputs, [*fixed, w], outputs, activation)
-            model = reinitialize(model, init, np.random.default_rng(cfg.seed))
-            path = Path(tmp) / f"mlp_{w}.onnx"
-            onnx.save(model, str(path))
-            try:
-                result = score(path, data=data, config=cfg)
-            except InputDataError as e:
-                raise InputDataError(f"the data does not fit an MLP with {inputs} inputs: {e}") from e
-            scores.append(layer_score(result.layers, hidden_layer))
-    return _estimate(ws, scores, threshold, slope)
+    for w in search.widths:
+        sizes = [search.inputs, *search.fixed, w, search.outputs]
+        model = build_mlp(search.inputs, sizes[1:-1], search.outputs, search.activation)
+        model = reinitialize(model, search.init, np.random.default_rng(cfg.seed))
+        try:
+            result = score(InMemoryModel(model, name=f"MLP {'-'.join(map(str, sizes))}"), data=data, config=cfg)
+        except InputDataError as e:
+            raise InputDataError(f"the data does not fit an MLP with {search.inputs} inputs: {e}") from e
+        scores.append(layer_score(result.layers, search.hidden_layer))
+    return _estimate(search.widths, scores, search.threshold, search.slope)
 
 
 def estimate_from_models(
-    models: Sequence[tuple[str, int]],
+    models: Sequence[tuple[ModelSource, int]],
     data: DataArg,
     layer: int,
     threshold: float = 0.005,
     slope: str = "relative",
     config: ScoreConfig | None = None,
+    **options: Any,
 ) -> WidthEstimate:
-    """The same estimate from the user's own models: (path, width of the layer) pairs.
+    """The same estimate from the user's own models: (model, width of the layer) pairs, each
+    model a file or a model held in memory (as for :func:`onnx_near.score`).
 
     The layer score is the mean effective rank of the ``layer``-th weighted layer's output
-    (1-based, in graph order) and of the activation right after it.
+    (1-based, in graph order) and of the activation right after it.  ``config`` and
+    ``options`` as for :func:`estimate_width`.
     """
-    cfg = config or ScoreConfig(batchnorm="batch")
+    _check_fit(threshold, slope)
+    cfg = make_config(config or ScoreConfig(batchnorm="batch"), **options)
     pairs = sorted(models, key=lambda m: m[1])
     scores = []
-    for path, _ in pairs:
-        result = score(path, data=data, config=cfg)
+    for model, _ in pairs:
+        result = score(model, data=data, config=cfg)
         pre = [l for l in result.layers if "pre" in l.role]
         if len(pre) < layer:
             raise ConfigError(
-                f"{Path(path).name!r} has {len(pre)} weighted layer(s), fewer than --hidden-layer {layer}"
+                f"{display_name(model)!r} has {len(pre)} weighted layer(s), fewer than --hidden-layer {layer}"
             )
         target = pre[layer - 1]
         after = [l for l in result.layers if l.index == target.index + 1 and l.role == "post"]
