@@ -1,28 +1,33 @@
 """Stage 2, rewrite: turn the loaded graph into one whose outputs are the taps.
 
-Small passes, applied in order by :func:`prepare`; each returns a new model and leaves
-its input untouched (the file on disk is never modified):
+The rewrite is :data:`PASSES`, a tuple of passes applied in order (see :mod:`onnx_near.passes`);
+each establishes one invariant and says whether it changed the model, and each leaves its
+input untouched (the file on disk is never modified):
 
-1. :func:`inline_functions` — model-local functions are inlined, so layers that exporters
-   wrap in functions (the dynamo exporter does) become visible nodes.
-1b. :func:`~onnx_near.branches.resolve_ifs` — an If whose condition constants (or the inputs
-   fed unchanged with every batch, such as a sample rate) decide is replaced by the branch
-   that runs, so the layers of that branch become main-graph nodes.
-2. :func:`~onnx_near.defuse.defuse_contrib_ops` — onnxruntime's fused ops (FusedConv,
-   FusedGemm, BiasGelu, SkipLayerNormalization…) are split back into standard ops, so the
-   pre-activations they hid exist again.
-2b. :func:`~onnx_near.dequantise.float_view` and :func:`~onnx_near.dequantise.dequantise_taps`
-   — a quantised graph's taps are found on the float network it stands for, and each is the
-   float value a quantised layer's output stands for (a DequantizeLinear of it is added).
-3. :func:`infer_shapes` — element types and shapes are attached to intermediate tensors.
-3b. :func:`~onnx_near.batchnorm.batch_statistics` (``--batchnorm batch`` only) — every
-   BatchNormalization normalises with the statistics of the batch being fed, as PyTorch's
-   training mode does; run after the taps are found, so each BatchNorm is still one.
-4. :func:`cut_windows` — after every tap, the few standard nodes that cut out the rows its
+1. ``sort_nodes`` — every node comes after the nodes that make its inputs.
+2. ``inline_functions`` — no model-local functions: the layers exporters wrap in them (the
+   dynamo exporter does) are main-graph nodes.
+3. ``decide_ifs`` — an If whose condition constants (or the inputs fed unchanged with every
+   batch, such as a sample rate) decide is the branch that runs, so its layers are main-graph
+   nodes (:func:`~onnx_near.branches.resolve_ifs`).
+4. ``defuse`` — onnxruntime's fused ops (FusedConv, FusedGemm, BiasGelu,
+   SkipLayerNormalization…) are the standard ops they fuse, so the pre-activations they hid
+   exist again (:func:`~onnx_near.defuse.defuse_contrib_ops`).
+5. ``infer_shapes`` — intermediate tensors carry the types and shapes onnx infers.
+6. ``find_taps`` — the plan names the taps, each a tensor of the graph; a quantised graph's
+   taps are found on the float network it stands for, each the float value a quantised
+   layer's output stands for (a DequantizeLinear of it is added; :mod:`onnx_near.dequantise`).
+7. ``batch_statistics`` (``--batchnorm batch`` only) — every BatchNormalization normalises
+   with the statistics of the batch being fed, as PyTorch's training mode does; after the
+   taps are found, so each BatchNorm is still one (:func:`~onnx_near.batchnorm.batch_statistics`).
+8. ``cut_windows`` — after every tap, the few standard nodes that cut out the rows its
    matrix keeps (Slice over samples, Transpose of the feature axis last, Flatten, Slice over
    rows), the window's bounds fed as runtime inputs: onnxruntime hands back blocks of rows,
    not whole feature maps, and one session serves every batch and repetition.  Each tap's
    shape is an output too (for the probe pass); a tap that cannot be cut is an output whole.
+
+:func:`analyse` runs the passes but the last (no runtime needed); :func:`prepare` all of
+them, refusing a model with no tap (:class:`~onnx_near.errors.NoTapsError`) before the last.
 """
 
 from __future__ import annotations
@@ -33,79 +38,38 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnx.inliner
-import onnx.shape_inference
 from onnx import helper, numpy_helper
 
-from .batchnorm import batch_statistics
-from .branches import resolve_ifs
-from .defuse import defuse_contrib_ops
-from .dequantise import dequantise_taps, float_view
-from .errors import GraphError, NoTapsError
-from .graph import GraphIndex, without_weights
+from .errors import NoTapsError
+from .graph import GraphIndex
 from .load import LoadedModel
 from .ops import CONTROL_FLOW
-from .taps import Tap, TapPlan, Untappable, plan_taps
+from .passes import (
+    BATCH_STATISTICS,
+    DECIDE_IFS,
+    DEFUSE,
+    FIND_TAPS,
+    INFER_SHAPES,
+    INLINE_FUNCTIONS,
+    SORT_NODES,
+    Cut,
+    Options,
+    Pass,
+    State,
+    Step,
+    infer_shapes,
+    inline_functions,
+    rewrite_pass,
+    run,
+    sort_nodes,
+)
+from .taps import Tap, TapPlan, Untappable
 
 log = logging.getLogger(__name__)
-
-
-def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Afterwards: no node of the main graph calls a model-local function.
-
-    Before: ``x → [local function Block: Gemm → Relu] → y``; after: ``x → Gemm → Relu → y``.
-    """
-    if not model.functions:
-        return model
-    try:
-        return onnx.inliner.inline_local_functions(model)
-    except Exception as e:  # onnx raises plain RuntimeError/ValueError here
-        raise GraphError(f"the model's local functions could not be inlined: {_first_line(e)}") from e
-
-
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Afterwards: intermediate tensors carry the types and shapes onnx can infer.
-
-    Inference is best effort: when it fails (unknown ops, exporter quirks), the model is
-    returned with whatever value_info it had and scoring goes on — the runtime reports
-    the real shapes anyway.
-    """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False, data_prop=True)
-    except Exception as e:
-        log.info("shape inference failed (%s); going on without inferred shapes", _first_line(e))
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    return out
-
 
 # Slice with runtime starts/ends (opset 10) and Flatten with a negative axis (opset 11).
 CUT_MIN_OPSET = 11
 _PREFIX = "onnx_near::"  # every name the cut adds starts with it
-
-
-@dataclass(frozen=True)
-class Cut:
-    """How one tap's rows leave the graph.
-
-    ``output`` is what onnxruntime returns: the tap's rows ``[row_start, row_end)`` among the
-    samples ``[sample_start, sample_end)`` of the batch, as a (rows × features) matrix, when
-    ``bounds`` names those four int64 inputs (each of shape [1]); the whole tap tensor when
-    ``bounds`` is None.  ``shape`` is an int64 output holding the tap's full shape, for a cut
-    tap (a whole one shows its shape itself).
-    """
-
-    tap: str
-    output: str
-    shape: str | None
-    bounds: tuple[str, str, str, str] | None
-
-    @property
-    def cut(self) -> bool:
-        return self.bounds is not None
 
 
 def cut_windows(
@@ -197,6 +161,34 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+@rewrite_pass("cut_windows")
+def CUT_WINDOWS(state: State, options: Options) -> Step:
+    """Afterwards: every tap of :attr:`State.plan` has an output — its rows' cut-out and its
+    Shape, or the tap itself when it is not cut (see :class:`Cut`) — and :attr:`State.cuts`
+    says which, per tap tensor; the model's own outputs come first.
+
+    See :func:`cut_windows`; a model the passes already copied is extended in place."""
+    if state.plan is None or not state.plan.taps:
+        return Step(state, False)
+    model, cuts = cut_windows(state.model, state.plan.taps, in_place=state.owned)
+    return Step(replace(state, model=model, cuts=cuts), True)
+
+
+# The rewrite, in the order its passes run (docs/design.md lists them too).
+PASSES: tuple[Pass, ...] = (
+    SORT_NODES,
+    INLINE_FUNCTIONS,
+    DECIDE_IFS,
+    DEFUSE,
+    INFER_SHAPES,
+    FIND_TAPS,
+    BATCH_STATISTICS,
+    CUT_WINDOWS,
+)
+ANALYSIS = PASSES[:-1]  # what analyse runs: everything but the cut
+_DECIDE = PASSES.index(DECIDE_IFS)
+
+
 @dataclass(frozen=True)
 class PreparedModel:
     """A model ready to run: taps exposed as outputs, and the plan that names them."""
@@ -205,6 +197,30 @@ class PreparedModel:
     plan: TapPlan
     index: GraphIndex  # index of the model before the taps were exposed
     cuts: Mapping[str, Cut]  # per tap tensor: how its rows leave the graph
+    changes: tuple[tuple[str, bool], ...] = ()  # each pass run, in order: (name, changed the model)
+
+
+class Analysed(tuple[onnx.ModelProto, GraphIndex, TapPlan]):
+    """What :func:`analyse` gives: ``(model, index, plan)``, and the passes' state behind it.
+
+    ``state`` is the state after the analysis; ``resumable`` the state before ``decide_ifs``,
+    kept only when Ifs are left in place (inputs given a value may decide them:
+    :func:`reanalyse` starts there instead of running the whole rewrite again)."""
+
+    state: State
+    resumable: State | None
+    options: Options
+
+    def __new__(cls, state: State, resumable: State | None, options: Options) -> Analysed:
+        assert state.index is not None and state.plan is not None  # find_taps ran
+        self = super().__new__(cls, (state.model, state.index, state.plan))
+        self.state, self.resumable, self.options = state, resumable, options
+        return self
+
+    @property
+    def changes(self) -> tuple[tuple[str, bool], ...]:
+        """Each pass run, in order: (name, whether it changed the model)."""
+        return self.state.changes
 
 
 def analyse(
@@ -214,10 +230,11 @@ def analyse(
     feeds: bool = False,
     fixed: Mapping[str, np.ndarray] | None = None,
     batchnorm: str = "running",
-) -> tuple[onnx.ModelProto, GraphIndex, TapPlan]:
-    """Inline, decide the Ifs that constants or the inputs in ``fixed`` decide (their values:
-    the inputs fed unchanged with every batch), de-fuse and infer shapes, then find the taps
-    (no runtime needed); ``feeds`` plans the tensors the taps read as well (see
+) -> Analysed:
+    """The passes of :data:`ANALYSIS` (every pass but ``cut_windows``; no runtime needed):
+    sort, inline, decide the Ifs that constants or the inputs in ``fixed`` decide (their
+    values: the inputs fed unchanged with every batch), de-fuse and infer shapes, then find
+    the taps; ``feeds`` plans the tensors the taps read as well (see
     :func:`~onnx_near.taps.plan_taps`).  The plan's ``untappable`` also lists the branches not
     taken, and says why the Ifs left in place were not decided.
 
@@ -225,30 +242,26 @@ def analyse(
     BatchNorm normalises with the statistics of the batch being fed.  It runs after the taps
     are found, so a BatchNorm is still a tap (its output keeps its name), and the index
     returned is of the graph before it (parameters, MACs and BatchNorms as the file has them)."""
-    resolved, notes = resolve_ifs(inline_functions(loaded.proto), fixed)
-    model = infer_shapes(defuse_contrib_ops(resolved))
-    index = GraphIndex(model)
-    view = float_view(index)
-    if view is None:
-        plan = _with_notes(plan_taps(index, mode, axes, feeds), notes)
-    else:
-        # A quantised graph: the taps are found on the float network it stands for, then dequantised.
-        floats = GraphIndex(infer_shapes(view.model))
-        model, plan = dequantise_taps(model, view, floats, plan_taps(floats, mode, axes, feeds))
-        index, plan = GraphIndex(model), _with_notes(plan, notes)
-    if batchnorm == "batch":
-        model = batch_statistics(model).model
-    return model, index, plan
+    options = Options(mode, axes, feeds, fixed, batchnorm)
+    return _analysed(run(ANALYSIS[:_DECIDE], State(loaded.proto), options), options)
 
 
-def _with_notes(plan: TapPlan, notes: Sequence[Untappable]) -> TapPlan:
-    """``plan`` whose entries for the Ifs left in place say why (from ``notes``), followed by
-    the notes on the branches not taken."""
-    if not notes:
-        return plan
-    said = {u.where: u for u in notes}
-    kept = [said.pop(u.where) if u.op == "If" and u.where in said else u for u in plan.untappable]
-    return replace(plan, untappable=(*kept, *said.values()))
+def _analysed(before: State, options: Options) -> Analysed:
+    """The analysis from ``before``, the state ``decide_ifs`` starts from."""
+    after = run(ANALYSIS[_DECIDE:], before, options)
+    ifs_left = any(n.op_type == "If" for n in after.model.graph.node)
+    return Analysed(after, before if ifs_left else None, options)
+
+
+def reanalyse(analysed: Analysed, fixed: Mapping[str, np.ndarray] | None) -> Analysed:
+    """What :func:`analyse` gives with the inputs in ``fixed`` for what ``analysed`` was made
+    with: ``analysed`` itself when ``fixed`` is empty or ``analysed`` left no If in place;
+    otherwise the passes from ``decide_ifs`` on, from the state ``analysed`` kept before it
+    (the passes before it do not depend on ``fixed``, and are not run again)."""
+    if not fixed or analysed.resumable is None:
+        return analysed
+    options = replace(analysed.options, fixed=fixed)
+    return _analysed(analysed.resumable, options)
 
 
 def prepare(
@@ -264,17 +277,21 @@ def prepare(
 
     ``analysed`` is what :func:`analyse` gave for the same model, mode, axes and feeds without
     ``fixed`` (the caller read the inputs with it); it is used as it is unless the inputs in
-    ``fixed`` decide an If it left in place (then every pass runs again, with ``fixed``).
-    ``batchnorm`` as for :func:`analyse` (and the same as ``analysed`` was made with).
+    ``fixed`` decide an If it left in place (then the passes from ``decide_ifs`` on run again,
+    with ``fixed``; a tuple :func:`analyse` did not make is analysed again from the start).
+    ``batchnorm`` as for :func:`analyse` (and the same as ``analysed`` was made with).  The
+    analysed model, a copy the rewrite owns, is extended in place: ``analysed`` is spent.
     """
-    if analysed is None or (fixed and resolve_ifs(analysed[0], fixed)[0] is not analysed[0]):
+    options = Options(mode, axes, feeds, fixed, batchnorm)
+    if not isinstance(analysed, Analysed):
         analysed = analyse(loaded, mode, axes, feeds, fixed, batchnorm)
-    model, index, plan = analysed
-    if not plan.taps:
-        raise NoTapsError(nothing_to_score(loaded.path.name, mode, plan.untappable))
-    # The analysed model is a copy the rewrite owns (unless every pass was a no-op): extend it.
-    cut, cuts = cut_windows(model, plan.taps, in_place=model is not loaded.proto)
-    return PreparedModel(cut, plan, index, cuts)
+    elif fixed and analysed.resumable is not None and DECIDE_IFS(State(analysed[0]), options).changed:
+        analysed = _analysed(analysed.resumable, options)
+    if not analysed[2].taps:
+        raise NoTapsError(nothing_to_score(loaded.name, mode, analysed[2].untappable))
+    state = run(PASSES[len(ANALYSIS) :], analysed.state, options)
+    assert state.index is not None and state.plan is not None
+    return PreparedModel(state.model, state.plan, state.index, state.cuts, state.changes)
 
 
 def nothing_to_score(name: str, mode: str, untappable: Sequence[Untappable]) -> str:
@@ -296,6 +313,19 @@ def nothing_to_score(name: str, mode: str, untappable: Sequence[Untappable]) -> 
     )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+__all__ = [
+    "ANALYSIS",
+    "CUT_MIN_OPSET",
+    "PASSES",
+    "Analysed",
+    "Cut",
+    "PreparedModel",
+    "analyse",
+    "cut_windows",
+    "infer_shapes",
+    "inline_functions",
+    "nothing_to_score",
+    "prepare",
+    "reanalyse",
+    "sort_nodes",
+]
