@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import GraphError
 from .ops import QOPERATOR, WEIGHT_PASSTHROUGH
 
 # Ops whose output is random even when every input is constant.
@@ -157,11 +158,25 @@ class GraphIndex:
 
 
 def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    """Value of attribute ``name`` of ``node``, or ``default``."""
+    """Value of attribute ``name`` of ``node``, or ``default`` (also for an attribute of no
+    declared type, whose value onnx reads as None)."""
     for a in node.attribute:
         if a.name == name:
-            return onnx.helper.get_attribute_value(a)
+            value = onnx.helper.get_attribute_value(a)
+            return default if value is None else value
     return default
+
+
+def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    """Integer attribute ``name`` of ``node``, or ``default``; :class:`GraphError` when the
+    file gives it a value of another type."""
+    value = attribute(node, name, default)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    label = node.name or node.op_type
+    raise GraphError(
+        f"node {label!r} ({node.op_type}) has attribute {name!r} of type {type(value).__name__}, not an integer"
+    )
 
 
 def parameter_count(index: GraphIndex) -> int:
@@ -221,9 +236,7 @@ def parameter_count(index: GraphIndex) -> int:
         k = readers.get(name, 1)
         return k if k > 1 and _uniform(index.initializers[name]) else 1
 
-    total = sum(
-        size(name) * copies(name) for name in index.initializers if name in direct or name not in aliased
-    )
+    total = sum(size(name) * copies(name) for name in index.initializers if name in direct or name not in aliased)
     return total + sum(size(name) for name in source if name in direct) + _constant_node_weights(index, stats)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .activations import fused_activation, other_input
-from .graph import GraphIndex, attribute
+from .graph import GraphIndex, attribute, int_attribute
 from .ops import CONTRIB_WEIGHTED, FUSED_WITH_ACTIVATION, MATMULS, MS, WEIGHTED
 
 
@@ -219,7 +219,7 @@ def structural_rank(index: GraphIndex, tensor: str, depth: int = 4) -> int | Non
     if n.op_type == "Gemm" and len(dims) == 2 and not attribute(n, "transA", 0):
         return (dims[1] if attribute(n, "transB", 0) else dims[0]) + bias
     if n.op_type == "Conv" and len(dims) >= 3:
-        return int(np.prod(dims[1:])) * int(attribute(n, "group", 1) or 1) + bias
+        return int(np.prod(dims[1:])) * (int_attribute(n, "group", 1) or 1) + bias
     return None
 
 
@@ -231,6 +231,6 @@ def _along_one_axis(index: GraphIndex, name: str) -> bool:
 
 def _last_axis(index: GraphIndex, n: onnx.NodeProto) -> bool:
     """True when a LayerNormalization normalises over the last axis alone (rows stay rows)."""
-    axis = int(attribute(n, "axis", -1))
+    axis = int_attribute(n, "axis", -1)
     rank = index.rank(n.input[0])
     return axis == -1 or (rank is not None and axis == rank - 1)

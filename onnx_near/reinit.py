@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ConfigError, GraphError
-from .graph import GraphIndex, attribute
+from .graph import GraphIndex, int_attribute
 from .ops import CONVOLUTIONS
 
 SCHEMES = (
@@ -102,7 +102,7 @@ def _role(index: GraphIndex, n: onnx.NodeProto) -> WeightRole | None:
         dims = _dims(index, ins[1])
         if len(dims) != 2:
             return None
-        trans_b = int(attribute(n, "transB", 0))
+        trans_b = int_attribute(n, "transB", 0)
         fan_in, fan_out = (dims[1], dims[0]) if trans_b else (dims[0], dims[1])
         bias = ins[2] if len(ins) > 2 and ins[2] and _float_init(index, ins[2]) else None
         return WeightRole(ins[1], fan_in, fan_out, not trans_b, bias)
@@ -147,7 +147,14 @@ def _draw(scheme: str, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: n
         return normal(1.0)
     if scheme == "uniform":
         return uniform(1.0)
-    raise ConfigError(f"unknown initialisation scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    check_scheme(scheme)
+    raise AssertionError(f"scheme {scheme!r} has no formula")  # every listed scheme has one
+
+
+def check_scheme(scheme: str) -> None:
+    """Raise :class:`ConfigError` unless ``scheme`` is one of :data:`SCHEMES`."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown initialisation scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
 
 
 def _orthogonal(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,8 +170,7 @@ def reinitialize(model: onnx.ModelProto, scheme: str, rng: np.random.Generator) 
 
     Raises :class:`GraphError` when the model has no weight onnx-near knows how to re-draw.
     """
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown initialisation scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    check_scheme(scheme)
     index = GraphIndex(model)
     roles = weight_roles(index)
     if not roles:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import clock
 from .budget import weight_bytes
 from .errors import ModelLoadError, RunError
 from .graph import split_weights
@@ -205,7 +206,7 @@ class Runner:
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)")
+                raise clock.time_limit_error(self.label)
             timer = threading.Timer(remaining, lambda: setattr(options, "terminate", True))
             timer.daemon = True
             timer.start()
@@ -213,7 +214,7 @@ class Runner:
             return call(options)
         except Exception as e:
             if options.terminate:
-                raise RunError(f"scoring {self.label} took longer than the time limit (--timeout)") from e
+                raise clock.time_limit_error(self.label) from e
             raise RunError(f"onnxruntime failed to run {self.label}: {_ort_message(e)}") from e
         finally:
             if timer is not None:

@@ -1,4 +1,4 @@
-"""A small builder for the tiny ONNX graphs of the tap tests (test_taps.py).
+"""A small builder for the tiny ONNX graphs of the tests, and the graphs and helpers they share.
 
     g = Graph()
     x = g.input("x", [2, 4])
@@ -13,14 +13,18 @@ given.  Weights are drawn from a seeded generator, so every graph is determinist
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_near.graph import GraphIndex
+from onnx_near.report import ScoreResult
+from onnx_near.taps import TapPlan
 
 IR_VERSION = 10
 MS = "com.microsoft"
@@ -74,7 +78,7 @@ class Graph:
         out: str | None = None,
         domain: str = "",
         node_name: str | None = None,
-        **attrs: object,
+        **attrs: Any,
     ) -> str:
         """Append one node with one output and return the output's name."""
         out = out or self._name(op_type)
@@ -123,10 +127,73 @@ def add_only() -> onnx.ModelProto:
     return g.model(infer=False)
 
 
+def memory_bomb(kind: str, shape: tuple[int, ...] = (768, 1024, 1024)) -> onnx.ModelProto:
+    """x → Gemm → Relu (the taps) times the maximum of a 3 GiB tensor that ``kind`` makes
+    from x at run time (Expand, Tile) or from a constant shape (ConstantOfShape): never a tap."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "ones"], ["m3"]),
+    ]
+    if kind == "ConstantOfShape":
+        one = numpy_helper.from_array(np.ones(1, np.float32))
+        nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one))
+    else:  # Expand to the shape, or Tile by it
+        nodes.append(helper.make_node(kind, ["m3", "shape"], ["big"]))
+    nodes += [helper.make_node("ReduceMax", ["big"], ["s"], keepdims=0), helper.make_node("Mul", ["r", "s"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+        numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.ones(3, dtype=np.int64), "ones"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
 def save(m: onnx.ModelProto, path: Path) -> Path:
     """Write ``m`` to ``path`` and return the path."""
     onnx.save(m, str(path))
     return path
+
+
+def assert_scored(r: ScoreResult, taps: int) -> None:
+    """``r`` scored exactly ``taps`` taps, each a matrix with something in it: an effective
+    rank is exp of an entropy, so it lies in [1, min(rows, cols)] for any non-zero finite
+    matrix (0 for a zero matrix, NaN for a non-finite one); and the score is the taps' sum.
+    (What ``r.score > 0`` only hinted at: a zero tap, a wrong count or sum fails here.)"""
+    assert len(r.layers) == taps, [(l.name, l.op) for l in r.layers]
+    for l in r.layers:
+        assert l.status == "ok" and 1 - 1e-9 <= l.erank <= min(l.shape) + 1e-9, l
+    assert r.score == pytest.approx(math.fsum(l.erank for l in r.layers), rel=1e-12)
+
+
+# --- small graphs and a view of the plan, for the tap-stage tests ------------------------
+# (test_taps.py, test_activations.py, test_layers.py, test_axes.py)
+
+
+def roles(plan: TapPlan) -> dict[str, str]:
+    """tensor → role of every tap of ``plan``."""
+    return {t.tensor: t.role for t in plan.taps}
+
+
+def gemm_input(g: Graph) -> str:
+    """x[2,5] → Gemm → h[2,3]."""
+    return g.op("Gemm", g.input("x", [2, 5]), g.weight(5, 3), g.weight(3), out="h")
+
+
+def conv_relu() -> Graph:
+    """x → Conv → c → Relu → r."""
+    g = Graph()
+    c = g.op("Conv", g.input("x", [1, 2, 5, 5]), g.weight(3, 2, 3, 3), g.weight(3), out="c")
+    g.output(g.op("Relu", c, out="r"))
+    return g
 
 
 # --- sources of the tensor x that a pattern is applied to --------------------------------
@@ -206,11 +273,11 @@ def hardswish(g: Graph, x: str) -> str:
 def _erf(v: np.ndarray) -> np.ndarray:
     from math import erf
 
-    return np.vectorize(erf)(v.astype(np.float64))
+    return np.asarray(np.vectorize(erf)(v.astype(np.float64)))
 
 
 # Reference functions, to check that the pattern graphs compute what they are named after.
-REFERENCE = {
+REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "silu": lambda v: v / (1.0 + np.exp(-v)),
     "gelu_erf": lambda v: 0.5 * v * (1.0 + _erf(v / np.sqrt(2.0))),
     "gelu_tanh": lambda v: 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + KAPPA * v**3))),

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from graphs import mlp, save
+from graphs import memory_bomb, mlp, save
 
 from onnx_near import score
 from onnx_near.cli import main
@@ -103,6 +103,19 @@ def test_ray_engine_gives_the_local_scores(zoo: Path, ray_local: Any, tmp_path: 
     plain = rank_models([zoo], config=ScoreConfig(seed=3))
     chunked = rank_models([zoo], config=ScoreConfig(seed=3), engine=RayEngine(chunk=3, cpus_per_model=0.5))
     assert chunked.to_dict() == plain.to_dict()
+
+
+def test_a_model_over_the_memory_limit_is_one_row_on_ray(zoo: Path, ray_local: Any) -> None:
+    """rank --engine ray runs each model in a sandboxed child of its Ray worker, as the local
+    engine does: a model whose graph makes a 3 GiB tensor under --max-memory 256M is one error
+    row, and every other model is scored."""
+    save(memory_bomb("Expand"), zoo / "bomb.onnx")
+    code, out, err = _cli("rank", str(zoo), "--format", "json", "--engine", "ray", "--max-memory", "256M")
+    assert code == 0, err
+    errors = {Path(m["model"]).name: m["error"] for m in json.loads(out)["models"] if m["error"]}
+    assert set(errors) == {"broken.onnx", "bomb.onnx"}, errors
+    assert "needs more memory" in errors["bomb.onnx"] and "--max-memory" in errors["bomb.onnx"], errors
+    assert len(json.loads(out)["models"]) == len(WIDTHS) + 2
 
 
 def test_failing_models_are_rows_on_both_engines(zoo: Path, ray_local: Any) -> None:

@@ -17,11 +17,12 @@ import time
 import zipfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from graphs import mlp, save
+from graphs import memory_bomb, mlp, save
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_near
@@ -54,41 +55,11 @@ def _one_sentence(lines: list[str], *says: str) -> None:
     assert all(s in lines[0] for s in says) and "Traceback" not in lines[0], lines
 
 
-def _bomb(kind: str, shape: tuple[int, ...] = (768, 1024, 1024)) -> onnx.ModelProto:
-    """x → Gemm → Relu (the taps) times the maximum of a 3 GiB tensor that ``kind`` makes
-    from x at run time (Expand, Tile) or from a constant shape (ConstantOfShape): never a tap."""
-    nodes = [
-        helper.make_node("Gemm", ["x", "w"], ["h"]),
-        helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
-        helper.make_node("Reshape", ["m", "ones"], ["m3"]),
-    ]
-    if kind == "ConstantOfShape":
-        one = numpy_helper.from_array(np.ones(1, np.float32))
-        nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one))
-    else:  # Expand to the shape, or Tile by it
-        nodes.append(helper.make_node(kind, ["m3", "shape"], ["big"]))
-    nodes += [helper.make_node("ReduceMax", ["big"], ["s"], keepdims=0), helper.make_node("Mul", ["r", "s"], ["y"])]
-    inits = [
-        numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
-        numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape"),
-        numpy_helper.from_array(np.ones(3, dtype=np.int64), "ones"),
-    ]
-    g = helper.make_graph(
-        nodes,
-        "bomb",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        inits,
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-
-
 @pytest.mark.parametrize("kind", ["Expand", "Tile", "ConstantOfShape"])
 def test_a_tensor_the_model_computes_stays_under_max_memory(tmp_path: Path, kind: str) -> None:
     """Item 1: a 0.5 KB model whose non-tap node makes 3 GiB scored with exit 0 under
     --max-memory 256M, 3.3–6.5 GiB resident.  Now: one sentence, exit 2, under 1 GiB."""
-    path = save(_bomb(kind), tmp_path / "bomb.onnx")
+    path = save(memory_bomb(kind), tmp_path / "bomb.onnx")
     assert path.stat().st_size < 512
     code, lines, peak, _ = _cli("score", str(path), "--max-memory", "256M")
     assert code == 2 and peak < GIB, (lines, peak)
@@ -197,7 +168,7 @@ def test_the_api_sandbox_reports_crashes_errors_and_deadlines_and_goes_on(tmp_pa
     with pytest.raises(CrashError, match=r"crashed on 'm.onnx' \(signal 11, SIGSEGV\)"):
         sandbox.run(partial(_kill_self, signal.SIGSEGV), Limits(), "'m.onnx'")
     with pytest.raises(KeyError) as bug:
-        sandbox.run(lambda: {}[97], Limits())
+        sandbox.run(lambda: dict[int, int]()[97], Limits())
     assert "in the sandboxed worker" in str(bug.value.__cause__)
     with pytest.raises(onnx_near.ModelLoadError, match="does not exist"):
         sandbox.run(lambda: onnx_near.score(tmp_path / "missing.onnx"), Limits())
@@ -222,14 +193,14 @@ def test_sandbox_score_is_the_scorer_engines_call(tmp_path: Path) -> None:
     an exception, and the same worker scores the next model."""
     from onnx_near import sandbox
 
-    good, bomb = save(mlp(), tmp_path / "m.onnx"), save(_bomb("Expand"), tmp_path / "bomb.onnx")
+    good, bomb = save(mlp(), tmp_path / "m.onnx"), save(memory_bomb("Expand"), tmp_path / "bomb.onnx")
     assert sandbox.score(good, seed=3).score == onnx_near.score(good, seed=3).score
     with pytest.raises(sandbox.MemoryLimitError, match=r"'bomb\.onnx' needs more memory"):
         sandbox.score(bomb, max_memory=256 << 20)
     assert sandbox.score(good, seed=3, max_memory=256 << 20).score == onnx_near.score(good, seed=3).score
 
 
-def _crash_on_crash_onnx(model: object, *args: object, **kwargs: object) -> object:
+def _crash_on_crash_onnx(model: Any, *args: Any, **kwargs: Any) -> Any:
     """onnx_near.score, except that a model named crash.onnx kills the process (a stand-in
     for a segmentation fault inside onnxruntime)."""
     if str(model).endswith("crash.onnx"):
@@ -255,6 +226,7 @@ def test_score_each_finds_the_model_that_takes_the_worker_down(tmp_path: Path, m
         sandbox._close_worker()
     assert [type(r).__name__ for r in out] == ["ScoreResult", "CrashError", "ModelLoadError", "ScoreResult"]
     assert "crashed on 'crash.onnx' (signal 11, SIGSEGV)" in str(out[1])
+    assert isinstance(out[0], onnx_near.ScoreResult) and isinstance(out[3], onnx_near.ScoreResult)
     assert [out[0].score, out[3].score] == [_real_score(p, seed=1).score for p in (a, b)]
 
 
@@ -401,7 +373,7 @@ def test_rank_scores_every_model_in_the_sandbox_one_bad_model_one_row(tmp_path: 
     import json
 
     save(mlp(), tmp_path / "a.onnx")
-    save(_bomb("Expand"), tmp_path / "b.onnx")
+    save(memory_bomb("Expand"), tmp_path / "b.onnx")
     save(mlp(hidden=12), tmp_path / "c.onnx")
     r = subprocess.run(
         [sys.executable, "-m", "onnx_near.cli", "rank", str(tmp_path), "--max-memory", "256M", "--format", "json"],
