@@ -69,9 +69,10 @@ class ScoreConfig:
         synthetic: how float inputs are synthesised when no data is given: ``"normal"``
             (N(0, 1) noise), ``"smooth"`` (smooth random images for image-shaped inputs, noise
             otherwise); None: ``score`` and the rankings use noise, ``vet`` smooth images.
-        batchnorm: the statistics each BatchNormalization normalises with: ``"running"``
-            (the graph's own, as it is deployed) or ``"batch"`` (the batch being fed, as
-            PyTorch's training mode and the NEAR authors' code do; see :mod:`onnx_near.batchnorm`).
+        batchnorm: the statistics each BatchNormalization normalises with: ``"batch"`` (the
+            default: those of the batch being fed, as PyTorch's training mode and the NEAR
+            authors' code do, so scores follow the paper; see :mod:`onnx_near.batchnorm`) or
+            ``"running"`` (the graph's own, as the model is deployed; what ``vet`` uses).
         bn_batch: with ``batchnorm="batch"``, the samples of every forward pass (the batch
             whose statistics each BatchNorm uses; a model whose graph fixes its batch uses
             that); also the batch of the proxies' forward pass.
@@ -98,7 +99,7 @@ class ScoreConfig:
     approx_above: int | None = None
     feeds: bool = False
     synthetic: str | None = None
-    batchnorm: BatchNorm = "running"
+    batchnorm: BatchNorm = "batch"
     bn_batch: int = 64
     proxies: tuple[str, ...] = ()
 
@@ -120,12 +121,9 @@ class ScoreConfig:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
             raise ConfigError(f"samples must be a positive integer, not {self.samples!r}")
         if self.reinit is not None:
-            from .reinit import SCHEMES
+            from .reinit import check_scheme
 
-            if self.reinit not in SCHEMES:
-                raise ConfigError(
-                    f"unknown initialisation scheme {self.reinit!r}; expected one of {', '.join(SCHEMES)}"
-                )
+            check_scheme(self.reinit)
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"threads must be a non-negative integer, not {self.threads!r}")
         if not isinstance(self.max_memory, int) or self.max_memory < 1:

@@ -187,7 +187,9 @@ def bn_window(samples: int, bn_batch: int, rows: object, available: int | None) 
     if available is not None and available < bn_batch:
         raise InputDataError(
             f"the data's {available} samples cannot fill one forward pass of --bn-batch {bn_batch}: with "
-            "--batchnorm batch every forward pass holds that many samples; give more samples or a smaller --bn-batch"
+            "--batchnorm batch (the default but for vet) every forward pass holds that many samples, whose "
+            f"statistics the BatchNorms use; give at least {bn_batch} samples, a smaller --bn-batch (e.g. "
+            f"--bn-batch {available}), or --batchnorm running"
         )
     whole = math.ceil(samples / bn_batch) * bn_batch
     if available is None:

@@ -1,4 +1,5 @@
-"""``--batchnorm batch``: the rewrite pass, the plan's whole batches, the defaults and the hints.
+"""``--batchnorm batch`` (onnx_near/batchnorm.py): the rewrite pass, whole batches in every
+forward pass, the defaults and the hints (the window of whole batches itself: test_plan.py).
 
 The goldens in models/bn_goldens/ come from PyTorch's training-mode BatchNorm
 (models/make_bn_goldens.py, run with torch); these tests never import torch.
@@ -7,7 +8,9 @@ The goldens in models/bn_goldens/ come from PyTorch's training-mode BatchNorm
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,11 +24,10 @@ import onnx_near
 from onnx_near.batchnorm import batch_statistics, folded_batchnorm_hint, inference_batchnorms
 from onnx_near.cli import main
 from onnx_near.erank import effective_rank
-from onnx_near.errors import ConfigError, InputDataError
+from onnx_near.errors import ConfigError
 from onnx_near.graph import GraphIndex
 from onnx_near.load import load_model
 from onnx_near.matrices import to_rows
-from onnx_near.plan import bn_window
 from onnx_near.rewrite import analyse, infer_shapes, inline_functions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +98,7 @@ def test_pass_matches_torch_training_mode(case: str) -> None:
         node = index.node_of(t)
         assert node is not None and node.op_type == "BatchNormalization"
         alone = batch_statistics(_one_node(index, node)).model
-        got = _run(alone, {node.input[0]: x}, [t])[t]
+        got: Any = _run(alone, {node.input[0]: x}, [t])[t]  # an array here, the outputs by name below
         np.testing.assert_allclose(got, want[t], rtol=TOL, atol=TOL, err_msg=f"{case}: {t} alone")
     got = _run(done.model, feeds, list(want))
     for t, w in want.items():
@@ -108,7 +110,8 @@ def test_score_with_batch_statistics_gives_the_eranks_of_torchs_batchnorm(tmp_pa
     each BatchNorm tap's effective rank is that of PyTorch's training-mode output."""
     feeds, want = _golden("torchscript_conv_bn_relu")
     data = tmp_path / "x.npz"
-    np.savez(data, **feeds)
+    arrays: dict[str, Any] = feeds  # savez's keywords: arrays by name (its allow_pickle is a bool)
+    np.savez(data, **arrays)
     n = next(iter(feeds.values())).shape[0]
     r = onnx_near.score(
         ROOT / CASES["torchscript_conv_bn_relu"]["model"], data=data, rows="all", batchnorm="batch", bn_batch=n
@@ -118,18 +121,20 @@ def test_score_with_batch_statistics_gives_the_eranks_of_torchs_batchnorm(tmp_pa
     assert len(bns) == 2
     for layer in bns:
         assert layer.erank == pytest.approx(effective_rank(to_rows(want[layer.tensor], 1)), rel=1e-6)
-    running = onnx_near.score(ROOT / CASES["torchscript_conv_bn_relu"]["model"], data=data, rows="all")
+    running = onnx_near.score(
+        ROOT / CASES["torchscript_conv_bn_relu"]["model"], data=data, rows="all", batchnorm="running"
+    )
     assert running.batchnorm == "running" and running.bn_batch is None
     assert running.score != pytest.approx(r.score, rel=1e-3)  # the statistics matter
 
 
 def _bn_graph(
-    shape: list[int | str], opset: int, training_mode: int | None = None
+    shape: Sequence[int | str], opset: int, training_mode: int | None = None
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     g = Graph(opset=opset)
     x = g.input("x", shape)
     c = int(shape[1])
-    attrs = {"epsilon": 1e-3} if training_mode is None else {"epsilon": 1e-3, "training_mode": training_mode}
+    attrs: dict[str, Any] = {"epsilon": 1e-3} if training_mode is None else {"epsilon": 1e-3, "training_mode": training_mode}
     rng = np.random.default_rng(1)
     y = g.op(
         "BatchNormalization",
@@ -194,18 +199,6 @@ def test_running_statistics_leave_the_graph_as_it_is() -> None:
     assert sum(t.op == "BatchNormalization" for t in plan.taps) == 2  # BatchNorms are still taps
 
 
-def test_window_is_a_whole_number_of_batches() -> None:
-    """The window rounds up to whole --bn-batch forward passes, within the data; too little data is refused."""
-    assert bn_window(10, 64, "square", None) == 64
-    assert bn_window(64, 64, "square", None) == 64
-    assert bn_window(65, 64, "square", 512) == 128
-    assert bn_window(10, 64, "square", 100) == 64
-    assert bn_window(200, 64, "square", 150) == 128  # the data holds two whole batches
-    assert bn_window(100, 64, "all", 100) == 64  # rows all: the whole batches of the data
-    with pytest.raises(InputDataError, match="--bn-batch 64"):
-        bn_window(10, 64, "square", 40)
-
-
 def test_every_forward_pass_holds_exactly_bn_batch_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     """With batch statistics every forward pass of a repetition holds --bn-batch samples (none
     partial, none padded), seeded: the same score twice; --rows all leaves out the partial batch and says so."""
@@ -261,7 +254,7 @@ def test_folded_batchnorm_is_said_once() -> None:
     r = onnx_near.score(FOLDED, batchnorm="batch")
     hints = [w for w in r.warnings if "TrainingMode.PRESERVE" in w]
     assert len(hints) == 1 and "do_constant_folding=False" in hints[0]
-    assert not [w for w in onnx_near.score(FOLDED).warnings if "PRESERVE" in w]  # running: nothing to say
+    assert not [w for w in onnx_near.score(FOLDED, batchnorm="running").warnings if "PRESERVE" in w]  # nothing to say
     assert not [w for w in onnx_near.score(CNN, batchnorm="batch").warnings if "PRESERVE" in w]
     g = Graph()
     x = g.input("x", ["N", 3, 6, 6])
@@ -270,19 +263,37 @@ def test_folded_batchnorm_is_said_once() -> None:
     assert hint is not None and "looks like one an untrained BatchNorm was folded into" in hint
 
 
-def test_command_defaults_follow_the_paper_except_score_and_vet(tmp_path: Path) -> None:
-    """rank, activations and init use batch statistics by default; score (and vet) running;
-    the JSON says which, with the batch."""
+def test_command_defaults_follow_the_paper_except_vet(tmp_path: Path) -> None:
+    """score, rank, activations, init and width use batch statistics by default, as the
+    paper; vet running (the model as deployed); the JSON says which, with the batch."""
+    assert onnx_near.ScoreConfig().batchnorm == "batch" and onnx_near.score(CNN).batchnorm == "batch"
     cli = CliRunner()
     out = cli.invoke(main, ["score", str(CNN), "--format", "json", "-q"])
     d = json.loads(out.output)
-    assert (d["batchnorm"], d["bn_batch"], d["batchnorms"]) == ("running", None, 2)
+    assert (d["batchnorm"], d["bn_batch"], d["batchnorms"]) == ("batch", 64, 2)
     out = cli.invoke(main, ["score", str(CNN), "--format", "json", "-q", "--batchnorm", "batch", "--bn-batch", "16"])
     d = json.loads(out.output)
     assert (d["batchnorm"], d["bn_batch"]) == ("batch", 16)
+    out = cli.invoke(main, ["score", str(CNN), "--format", "json", "-q", "--batchnorm", "running"])
+    d = json.loads(out.output)
+    assert (d["batchnorm"], d["bn_batch"], d["batchnorms"]) == ("running", None, 2)
     rank = {p.opts[0]: p.default for p in main.commands["rank"].params if p.opts[0] in ("--batchnorm", "--bn-batch")}
     assert rank == {"--batchnorm": "batch", "--bn-batch": 64}
-    for command in ("activations", "init", "width"):
+    for command in ("score", "activations", "init", "width"):
         assert next(p.default for p in main.commands[command].params if p.opts[0] == "--batchnorm") == "batch"
-    for command in ("score", "vet"):
-        assert next(p.default for p in main.commands[command].params if p.opts[0] == "--batchnorm") == "running"
+    assert next(p.default for p in main.commands["vet"].params if p.opts[0] == "--batchnorm") == "running"
+
+
+def test_data_too_small_for_one_batch_is_refused_with_the_ways_out() -> None:
+    """score's default is batch statistics over 64 samples per forward pass: the 32 samples
+    of models/cnn.inputs.npz cannot fill one, which is said in one sentence with the three
+    ways out; each of them then scores."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    args = ["score", str(models / "cnn.onnx"), "--data", str(models / "cnn.inputs.npz"), "--trusted", "-q"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "32 samples cannot fill one forward pass of --bn-batch 64" in lines[0], lines
+    assert "--bn-batch 32" in lines[0] and "--batchnorm running" in lines[0], lines
+    for way in (["--bn-batch", "32"], ["--batchnorm", "running"]):
+        assert CliRunner().invoke(main, [*args, *way]).exit_code == 0, way
