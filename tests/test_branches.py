@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from graphs import IR_VERSION, Graph, save
+from graphs import IR_VERSION, Graph, assert_scored, save
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_near
@@ -114,7 +114,7 @@ def constant_if(value: bool = True) -> onnx.ModelProto:
 
 
 def run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return list(ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds))
 
 
 def x_data(n: int = 40) -> np.ndarray:
@@ -321,7 +321,8 @@ def test_constant_if_scores_as_the_plain_network(tmp_path: Path, value: bool, se
     data = {"x": x_data()}
     r = onnx_near.score(save(constant_if(value), tmp_path / "if.onnx"), data=data, rows="all", seed=0)
     o = onnx_near.score(save(plain(seed, act), tmp_path / "plain.onnx"), data=data, rows="all", seed=0)
-    assert r.scores == o.scores and r.score > 0
+    assert r.scores == o.scores
+    assert_scored(r, taps=3)
     assert [(l.op, l.shape) for l in r.layers] == [(l.op, l.shape) for l in o.layers]
     (skipped,) = r.skipped
     assert skipped.op == "If" and "not taken" in skipped.reason
@@ -335,7 +336,8 @@ def test_sample_rate_if_scores_as_the_plain_network(tmp_path: Path, sr: int, see
     x = x_data()
     r = onnx_near.score(path, data={"x": x, "sr": np.array(sr, np.int64)}, rows="all", seed=0)
     o = onnx_near.score(save(plain(seed, act), tmp_path / "plain.onnx"), data={"x": x}, rows="all", seed=0)
-    assert r.scores == o.scores and r.score > 0
+    assert r.scores == o.scores
+    assert_scored(r, taps=3)
     assert [l.op for l in r.layers] == ["Gemm", act, "Gemm"]
     assert any(s.name == "pick" and f"sr={sr}" in s.reason for s in r.skipped)
 

@@ -8,6 +8,7 @@ pre-activation as a tap.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ from onnx_near.taps import TapPlan, plan_taps
 
 def _run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
+    return list(s.run(None, feeds))
 
 
 def _check(g: Graph, feeds: dict[str, np.ndarray], fused_op: str) -> tuple[onnx.ModelProto, GraphIndex]:
@@ -49,7 +50,7 @@ def test_fused_conv_splits_into_conv_and_activation(activation: str, params: lis
     """FusedConv(activation=A) → Conv → A; the conv output is a pre tap again."""
     g = Graph(domains=[(MS, 1)])
     x = g.input("x", [2, 3, 6, 6])
-    attrs: dict[str, object] = {"activation": activation, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    attrs: dict[str, Any] = {"activation": activation, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     if params:
         attrs["activation_params"] = params
     g.output(g.op("FusedConv", x, g.weight(4, 3, 3, 3), g.weight(4), out="y", domain=MS, **attrs), [2, 4, 6, 6])
@@ -148,7 +149,7 @@ def test_skip_layer_norm_restores_the_dense_output_and_the_residual() -> None:
     ]
 
 
-UNSPLIT = [
+UNSPLIT: list[tuple[str, dict[str, Any]]] = [
     ("FusedConv", {"activation": "Softsign"}),  # not an activation onnxruntime's FusedConv runs
     ("FusedConv", {"activation": "Clip", "activation_params": [0.0]}),  # Clip needs its two bounds
     ("FusedGemm", {"activation": "Celu", "activation_alpha": 1.0}),  # not one its FusedGemm runs
@@ -157,7 +158,7 @@ UNSPLIT = [
 
 
 @pytest.mark.parametrize("op,attrs", UNSPLIT, ids=[f"{o}-{a['activation']}" for o, a in UNSPLIT])
-def test_unknown_fused_activation_is_left_alone(op: str, attrs: dict[str, object]) -> None:
+def test_unknown_fused_activation_is_left_alone(op: str, attrs: dict[str, Any]) -> None:
     """A fused activation the pass cannot split stays fused, and is reported untappable."""
     g = Graph(domains=[(MS, 1)])
     if op == "FusedConv":
@@ -222,7 +223,7 @@ def _case_id(case: tuple[str, str, dict[str, float], int, tuple[float | None, ..
 
 
 def _layer_then(
-    layer: str, act: str, attrs: dict[str, float], opset: int, clip: tuple[float | None, ...], seed: int = 7
+    layer: str, act: str, attrs: dict[str, Any], opset: int, clip: tuple[float | None, ...], seed: int = 7
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """x → Conv|Gemm → c → act → y (opset ``opset``, IR 10, seeded weights) and seeded feeds."""
     g = Graph(opset=opset, seed=seed)
@@ -271,7 +272,7 @@ def _run_plain(m: onnx.ModelProto, feeds: dict[str, np.ndarray], extra: str) -> 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     s = ort.InferenceSession(exposed.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
+    return list(s.run(None, feeds))
 
 
 def _taps(m: onnx.ModelProto) -> TapPlan:
@@ -367,7 +368,7 @@ CONV_ADD = [("Relu", {}), ("Tanh", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0
 
 @pytest.mark.parametrize("act,attrs", CONV_ADD, ids=[str(a) for a, _ in CONV_ADD])
 def test_conv_add_activation_fused_by_onnxruntime_splits_back(
-    tmp_path: Path, act: str | None, attrs: dict[str, float]
+    tmp_path: Path, act: str | None, attrs: dict[str, Any]
 ) -> None:
     g = Graph(seed=5)
     x, z = g.input("x", [2, 3, 6, 6]), g.input("z", [2, 4, 6, 6])

@@ -1,18 +1,23 @@
-"""Input synthesis: the conventional companions of token ids (SPEC §5)."""
+"""The model's inputs (onnx_near/inputs/): synthesis (token ids below the vocabulary, the
+conventional companions of token ids, a decoder's empty past, SPEC §5), dynamic dimensions,
+inputs that are not a batch, and the batch-axis rules."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from graphs import Graph, save
+from graphs import Graph, assert_scored, save
 from onnx import TensorProto
 
 import onnx_near
 from onnx_near.errors import InputDataError
 
+MODELS = Path(__file__).resolve().parents[1] / "models"
 T = 6
 
 
@@ -56,41 +61,73 @@ def test_a_token_model_scores_without_data(tmp_path: Path) -> None:
     read by no embedding table used to be refused)."""
     path = save(token_model(), tmp_path / "tokens.onnx")
     r = onnx_near.score(path, seed=1)
-    assert r.score > 0 and len([w for w in r.warnings if "was not given" in w]) == 3
+    assert_scored(r, taps=2)  # the MatMul and its Relu
+    assert len([w for w in r.warnings if "was not given" in w]) == 3
     zeros = {"input_ids": np.zeros((8, T), np.int64), "attention_mask": np.zeros((8, T), np.int64)}
     assert onnx_near.score(path, data=zeros).score == 0.0  # a zero mask zeroes every activation
 
 
-def test_made_up_symbolic_dims_show_as_unknown() -> None:
-    """The layers table shows N and seq_len, but an exporter's generated dim name as '?'."""
-    from onnx_near.report import _dims
+def test_synthetic_token_ids_stay_within_the_vocabulary() -> None:
+    """Integer inputs read by an embedding table get ids below the table's size."""
+    from onnx_near.graph import GraphIndex
+    from onnx_near.inputs import input_specs, synthesise
+    from onnx_near.rewrite import infer_shapes
 
-    assert _dims(("N", 3, "seq_len")) == "N×3×seq_len"
-    assert _dims(("LayerNormalizationonnx::Gather_1426_dim_0", 768)) == "?×768"
-    assert _dims((None, 4)) == "?×4" and _dims(None) == "?"
+    index = GraphIndex(infer_shapes(onnx.load(str(MODELS / "transformer.onnx"))))
+    (spec,) = input_specs(index, {}, None)
+    assert spec.vocab == 50 and spec.sample_shape == (12,)
+    ids = synthesise(spec, 1000, np.random.default_rng(0))
+    assert ids.dtype == np.int64 and ids.min() == 0 and ids.max() == 49
 
 
-def test_weights_in_constant_nodes_are_counted() -> None:
-    """A model whose weights sit in Constant nodes (Paddle/OpenVINO conversions) has the same
-    parameter count as the same model with initializers; scalar constants are not parameters
-    (issue #11, item 6)."""
-    from onnx import helper
-
-    from onnx_near.graph import GraphIndex, parameter_count
-
+def test_dynamic_dimension_needs_a_shape(tmp_path: Path) -> None:
+    """A dynamic non-batch dim must be given; with --shape the model scores."""
     g = Graph()
-    h = g.op("Gemm", g.input("x", ["N", 6]), g.weight(6, 8), g.weight(8))
-    g.output(g.op("Mul", g.op("Relu", h), g.constant_node(0.5)), ["N", 8])  # a scalar, as exporters write it
-    with_inits = g.model(infer=False)
-    moved = onnx.ModelProto()
-    moved.CopyFrom(with_inits)
-    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in moved.graph.initializer]
-    del moved.graph.initializer[:]
-    old = list(moved.graph.node)
-    del moved.graph.node[:]
-    moved.graph.node.extend(nodes + old)
-    assert parameter_count(GraphIndex(with_inits)) == 6 * 8 + 8
-    assert parameter_count(GraphIndex(moved)) == 6 * 8 + 8
+    g.output(g.op("Relu", g.op("MatMul", g.input("x", ["N", "T", 4]), g.weight(4, 5))), ["N", "T", 5])
+    path = save(g.model(infer=False), tmp_path / "seq.onnx")
+    with pytest.raises(InputDataError, match=r"--shape x=NxDx4"):
+        onnx_near.score(path)
+    r = onnx_near.score(path, shapes={"x": (None, 3, 4)})
+    assert [l.shape for l in r.layers] == [(5, 5), (5, 5)]
+
+
+def _decoder_with_past() -> onnx.ModelProto:
+    """A one-layer decoder step as optimum exports it: ``input_ids [batch, sequence_length]``,
+    a cache ``past_key_values.0.key [batch, 1, past_sequence_length, 8]`` concatenated with
+    the new keys, and ``attention_mask [batch, past_sequence_length + sequence_length]``."""
+    from onnx import TensorProto
+
+    g = Graph(seed=3)
+    ids = g.input("input_ids", ["batch", "sequence_length"], TensorProto.INT64)
+    past = g.input("past_key_values.0.key", ["batch", 1, "past_sequence_length", 8])
+    mask = g.input("attention_mask", ["batch", "past_sequence_length + sequence_length"], TensorProto.INT64)
+    emb = g.op("Gather", g.weight(50, 8), ids)
+    k = g.op("Unsqueeze", g.op("MatMul", emb, g.weight(8, 8)), g.const(np.array([1]), dtype=np.int64))
+    keys = g.op("Concat", past, k, axis=2)
+    m = g.op("Unsqueeze", g.op("Cast", mask, to=TensorProto.FLOAT), g.const(np.array([1, 3]), dtype=np.int64))
+    y = g.op("Relu", g.op("ReduceSum", g.op("Mul", keys, m), g.const(np.array([2]), dtype=np.int64), keepdims=0))
+    g.output(g.op("Gemm", g.op("Flatten", y), g.weight(8, 4)), ["batch", 4])
+    return g.model(infer=False)
+
+
+def test_a_decoders_past_is_empty_by_default(tmp_path: Path) -> None:
+    """Issue #11 item 3: a decoder export with past key/values gets an empty past (length 0)
+    and the mask's ``past_sequence_length + sequence_length`` is the sequence length; the
+    score is that of the same data with the empty past given explicitly."""
+    path = save(_decoder_with_past(), tmp_path / "decoder.onnx")
+    r = onnx_near.score(path, shapes={"input_ids": (None, 6)}, seed=0)
+    assert len(r.layers) == 3 and math.isfinite(r.score)
+    assert any("empty past" in w for w in r.warnings)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (16, 6))
+    data: dict[str, np.ndarray] = {
+        "input_ids": ids,
+        "past_key_values.0.key": np.zeros((16, 1, 0, 8), np.float32),
+        "attention_mask": np.ones((16, 6), np.int64),
+    }
+    a = onnx_near.score(path, data=data, seed=0)
+    b = onnx_near.score(path, data={"input_ids": ids}, seed=0)
+    assert b.score == a.score
 
 
 # --- inputs that are not a batch (issue #11, item 2) ---------------------------------------
@@ -139,7 +176,7 @@ def test_a_static_state_is_fed_unchanged(tmp_path: Path) -> None:
     overwritten with the batch size, and onnxruntime refused it), zeros when not given."""
     path = save(static_state_model(), tmp_path / "static.onnx")
     r = onnx_near.score(path, seed=0)
-    assert r.score > 0
+    assert_scored(r, taps=3)  # Gemm, Relu, Tanh
     assert any("'state'" in w and "no batch axis" in w and "zeros" in w for w in r.warnings), r.warnings
     x = np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32)
     zeros = onnx_near.score(path, data={"x": x, "state": np.zeros((2, 1, H), np.float32)}, rows="all")
@@ -158,7 +195,8 @@ def test_a_state_batched_on_axis_1_and_a_scalar_sample_rate(tmp_path: Path) -> N
     data = _vad_data()
     r = onnx_near.score(path, data=data, rows="all")
     o = onnx_near.score(oracle, data={**data, "state": data["state"].transpose(1, 0, 2)}, rows="all")
-    assert r.scores == pytest.approx(o.scores, rel=1e-6) and r.score > 0
+    assert r.scores == pytest.approx(o.scores, rel=1e-6)
+    assert_scored(r, taps=3)
     assert [l.shape for l in r.layers] == [l.shape for l in o.layers]
     assert any("'state'" in w and "axis 1" in w for w in r.warnings), r.warnings
     assert any("'sr'" in w and "no batch axis" in w for w in r.warnings), r.warnings
@@ -168,7 +206,9 @@ def test_a_state_batched_on_axis_1_and_a_scalar_sample_rate(tmp_path: Path) -> N
     # sliced into batches along axis 1: the same score whatever the batch size (and a sample rate [1])
     one = save(vad_model(sr=(1,)), tmp_path / "vad1.onnx")
     rows = [onnx_near.score(one, data={**data, "sr": np.array([SR])}, rows=6, batch_size=b).score for b in (1, 4)]
-    assert rows[0] == rows[1] > 0
+    oracle_one = save(vad_model(transposed=True, sr=(1,)), tmp_path / "oracle1.onnx")
+    batch_first = {**data, "state": data["state"].transpose(1, 0, 2), "sr": np.array([SR])}
+    assert rows[0] == rows[1] == pytest.approx(onnx_near.score(oracle_one, data=batch_first, rows=6).score, rel=1e-6)
 
 
 def test_synthetic_inputs_with_a_sample_rate_given(tmp_path: Path) -> None:
@@ -176,7 +216,8 @@ def test_synthetic_inputs_with_a_sample_rate_given(tmp_path: Path) -> None:
     without it, one sentence asks for it."""
     path = save(vad_model(), tmp_path / "vad.onnx")
     r = onnx_near.score(path, seed=1, input_values={"sr": SR})
-    assert r.score > 0 and onnx_near.score(path, seed=1, input_values={"sr": SR}).scores == r.scores
+    assert_scored(r, taps=3)
+    assert onnx_near.score(path, seed=1, input_values={"sr": SR}).scores == r.scores
     with pytest.raises(InputDataError, match=r"'sr'.*--input sr="):
         onnx_near.score(path)
     with pytest.raises(InputDataError, match=r"'sr'.*--input sr="):
@@ -199,7 +240,8 @@ def test_batch_axis_option(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match=r"'state'.*axis 0.*--batch-axis state=none"):
         onnx_near.score(h0, data=whole)
     r = onnx_near.score(h0, data=whole, batch_axes={"state": None})
-    assert r.score > 0 and any("'state'" in w and "no batch axis" in w for w in r.warnings)
+    assert_scored(r, taps=3)
+    assert any("'state'" in w and "no batch axis" in w for w in r.warnings)
 
 
 def test_data_counts_samples_along_each_batch_axis(tmp_path: Path) -> None:
@@ -220,7 +262,7 @@ def test_data_counts_samples_along_each_batch_axis(tmp_path: Path) -> None:
         ({"input_values": {"sr": SR, "state": 0}, "data": "vad"}, r"'state'.*both"),
     ],
 )
-def test_bad_input_options(tmp_path: Path, options: dict, match: str) -> None:
+def test_bad_input_options(tmp_path: Path, options: dict[str, Any], match: str) -> None:
     """Options naming no input, or an impossible axis or value: one sentence that says so."""
     path = save(vad_model(), tmp_path / "vad.onnx")
     data = _vad_data() if options.pop("data", None) else None
@@ -260,10 +302,11 @@ def test_an_lstm_with_a_static_state_scores_as_its_dynamic_export(tmp_path: Path
     b = onnx_near.score(
         dynamic, data={"x": x, "state": np.zeros((2, 20, H), np.float32)}, input_values={"sr": SR}, rows="all"
     )
-    assert a.score > 0 and a.scores == pytest.approx(b.scores, rel=1e-5)
+    assert_scored(a, taps=4)  # Gemm, Relu, the head's Gemm and Sigmoid (the LSTM is no tap)
+    assert a.scores == pytest.approx(b.scores, rel=1e-5)
     assert [l.shape for l in a.layers] == [l.shape for l in b.layers]
-    assert onnx_near.score(static, input_values={"sr": SR}).score > 0  # synthetic x, the state zeros
-    assert onnx_near.score(dynamic, input_values={"sr": SR}).score > 0  # synthetic x and state
+    assert_scored(onnx_near.score(static, input_values={"sr": SR}), taps=4)  # synthetic x, the state zeros
+    assert_scored(onnx_near.score(dynamic, input_values={"sr": SR}), taps=4)  # synthetic x and state
 
 
 @pytest.mark.parametrize(
@@ -286,7 +329,12 @@ def test_an_lstm_with_a_static_state_scores_as_its_dynamic_export(tmp_path: Path
         ({"x": ["T", "N", 32], "h0": [1, "N", 64]}, {"x": 1}, {"h0": (1, None, 64)}, {"x": 1, "h0": 1}),
     ],
 )
-def test_batch_axis_rules(inputs: dict, given: dict, shapes: dict, expected: dict) -> None:
+def test_batch_axis_rules(
+    inputs: dict[str, list[int | str | None]],
+    given: dict[str, int | None],
+    shapes: dict[str, tuple[int | None, ...]],
+    expected: dict[str, int | None],
+) -> None:
     """Each rule of batch_axes, on the declared shapes alone."""
     from onnx_near.inputs import batch_axes
 

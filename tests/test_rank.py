@@ -1,20 +1,23 @@
-"""Ranking many models: order, baselines, correlations against scipy, parallel jobs, failures."""
+"""Ranking many models (onnx_near/rank.py): order, baselines, parallel jobs, failures, and the
+report's column and correlations per proxy."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from graphs import Graph, mlp, save
-from scipy import stats
+from graphs import mlp, save
 
 from onnx_near.cli import main
 from onnx_near.config import ScoreConfig
 from onnx_near.errors import InputDataError
-from onnx_near.rank import correlate, rank_models, read_accuracies
+from onnx_near.rank import rank_models, read_accuracies, summarise
+from onnx_near.results import ResultRow
+
+DIGITS = Path(__file__).resolve().parents[1] / "benchmarks" / "digits"
 
 
 @pytest.fixture()
@@ -31,22 +34,11 @@ def zoo(tmp_path: Path) -> Path:
     return folder
 
 
-def test_correlations_match_scipy() -> None:
-    """τ and ρ are scipy's; top-k precision counts the shared top-k on a hand-checked example."""
-    pred = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
-    acc = np.array([0.2, 0.5, 0.6, 0.7, 0.1, 0.65])
-    c = correlate(pred, acc, 2)
-    assert c.kendall_tau == pytest.approx(stats.kendalltau(pred, acc).statistic)
-    assert c.spearman_rho == pytest.approx(stats.spearmanr(pred, acc).statistic)
-    assert c.top_k_precision == 1.0  # top-2 by score {5, 3}, by accuracy {3, 5}
-    assert correlate(pred, acc, 1).top_k_precision == 0.0  # {5} vs {3}
-    assert correlate(pred, acc, 3).top_k_precision == pytest.approx(2 / 3)  # {5, 3, 1} vs {3, 5, 2}
-
-
 def test_rank_orders_best_first_and_reports_baselines(zoo: Path) -> None:
     """Models come best first with params and MACs; the broken file is reported, the rest go on."""
     r = rank_models([zoo], config=ScoreConfig(seed=0), accuracies=read_accuracies(zoo / "acc.csv"))
     good = [m for m in r.models if m.error is None]
+    assert len(good) == 6 and len(r.models) == 7  # every MLP scored: the order below is not that of an empty list
     assert [m.score for m in good] == sorted((m.score for m in good), reverse=True)
     assert r.models[-1].model.endswith("broken.onnx") and "not a readable ONNX model" in (r.models[-1].error or "")
     w64 = next(m for m in good if m.model.endswith("w64.onnx"))
@@ -62,6 +54,10 @@ def test_parallel_jobs_give_the_same_ranking(zoo: Path) -> None:
     assert [(m.model, m.score) for m in one.models if m.error is None] == [
         (m.model, m.score) for m in two.models if m.error is None
     ]
+    widths = [f"w{w:02d}.onnx" for w in (2, 4, 8, 16, 32, 64)]
+    for r in (one, two):  # the six MLPs scored (the lists above are not both empty), only the broken file failed
+        assert sorted(Path(m.model).name for m in r.models if m.error is None) == widths
+        assert [Path(m.model).name for m in r.models if m.error is not None] == ["broken.onnx"]
 
 
 def test_cli_rank_json(zoo: Path) -> None:
@@ -81,31 +77,51 @@ def test_bad_accuracy_file(tmp_path: Path) -> None:
         read_accuracies(tmp_path / "acc.csv")
 
 
-def test_parameter_count_matches_pytorch_on_the_digits_models() -> None:
-    """PyTorch's own count (accuracy.csv's params, from make_search_space.py) for all 64 models,
-    including BatchNorm models whose second γ/β the exporter deduplicated into Identity nodes."""
-    import csv
-
-    from onnx_near.graph import GraphIndex, parameter_count
-    from onnx_near.load import load_model
-
-    root = Path(__file__).resolve().parents[1] / "benchmarks" / "digits"
-    rows = list(csv.DictReader((root / "accuracy.csv").open()))
-    got = {r["model"]: parameter_count(GraphIndex(load_model(root / r["model"]).proto)) for r in rows}
-    assert len(rows) == 64 and got == {r["model"]: int(r["params"]) for r in rows}
+def _row(name: str, near: float, swap_value: float | None, params: int) -> ResultRow:
+    return ResultRow(
+        name, f"/m/{name}", None, {}, "0", near, 0.0, params, params, None, 0.0, proxies={"swap": swap_value}
+    )
 
 
-def test_parameter_count_of_deduplicated_aliases() -> None:
-    """An initializer named again through Identity for a second layer counts twice; BN statistics never."""
-    g = Graph()
-    ones, zeros = g.const(np.ones(8), "gamma"), g.const(np.zeros(8), "beta")
-    h = g.op("Gemm", g.input("x", ["N", 4]), g.weight(4, 8))
-    alias = lambda t: g.op("Identity", t)  # noqa: E731  (how torch.onnx names a deduplicated copy)
-    h = g.op("BatchNormalization", h, ones, zeros, alias(zeros), alias(ones))
-    h = g.op("Gemm", h, g.weight(8, 8))
-    h = g.op("BatchNormalization", h, alias(ones), alias(zeros), alias(zeros), alias(ones))
-    g.output(h, ["N", 8])
-    from onnx_near.graph import GraphIndex, parameter_count
+def test_rank_report_has_a_column_and_correlations_per_proxy() -> None:
+    """summarise: the first proxy orders the models, each proxy and combination gets its
+    correlations (over the models that have it), params and MACs stay the baselines."""
+    names = [f"m{k}" for k in range(6)]
+    near = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    swaps = [6.0, 5.0, None, 3.0, 2.0, 1.0]
+    rows = [_row(n, a, s, 10 * (k + 1)) for k, (n, a, s) in enumerate(zip(names, near, swaps))]
+    acc = {f"/m/{n}": float(k) for k, n in enumerate(names)}
+    r = summarise(rows, acc, proxies=("swap", "near", "near+swap"))
+    assert [m.model for m in r.models][:5] == ["m0", "m1", "m3", "m4", "m5"]  # by SWAP; m2 has none
+    assert list(r.correlation) == ["near", "swap", "near+swap", "params", "macs"]
+    assert r.correlation["near"].kendall_tau == pytest.approx(1.0)
+    assert r.correlation["swap"].kendall_tau == pytest.approx(-1.0) and r.correlation["swap"].models == 5
+    assert r.correlation["near+swap"].models == 5
+    d = r.to_dict()
+    assert d["proxies"] == ["swap", "near", "near+swap"] and d["models"][-1]["proxies"]["swap"] is None
+    row = ResultRow.from_json(rows[2].to_json())
+    assert row.proxies == {"swap": None}
+    old = json.loads(rows[0].to_json())
+    del old["proxies"]  # a results file written before proxies existed
+    assert ResultRow.from_json(json.dumps(old)).proxies == {}
 
-    # two Gemm weights (4·8 + 8·8) and two BatchNorms' γ and β (2·16)
-    assert parameter_count(GraphIndex(g.model(infer=False))) == 32 + 64 + 32
+
+def test_rank_cli_shows_the_proxies(tmp_path: Path) -> None:
+    """rank --proxies near,meco,swap,near+swap on a few digits models: a column each, the
+    correlations of each, the same NEAR as without them."""
+    models = sorted((DIGITS / "models").glob("cnn_d2_c4_*.onnx"))[:4]
+    acc = tmp_path / "acc.csv"
+    acc.write_text("\n".join(f"{m},{0.5 + 0.1 * k}" for k, m in enumerate(models)) + "\n")
+    args = ["rank", *map(str, models), "--data", str(DIGITS / "digits_inputs.npy"), "--accuracy", str(acc), "-q"]
+    cli = CliRunner()
+    out = cli.invoke(main, [*args, "--proxies", "near,meco,swap,near+swap", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.output)
+    assert set(d["correlation"]) == {"near", "meco", "swap", "near+swap", "params", "macs"}
+    assert all({"meco", "swap", "near+swap"} <= set(m["proxies"]) for m in d["models"])
+    plain = json.loads(cli.invoke(main, [*args, "--format", "json"]).output)
+    assert sorted(m["score"] for m in plain["models"]) == sorted(m["score"] for m in d["models"])
+    table = cli.invoke(main, [*args, "--proxies", "near,swap"]).output
+    assert "SWAP" in table and "higher is better for every proxy" in table
+    for combo in itertools.permutations(["near", "swap"]):
+        assert cli.invoke(main, [*args, "--proxies", ",".join(combo), "--format", "csv"]).exit_code == 0

@@ -46,3 +46,15 @@ def test_readme_is_a_front_door() -> None:
     assert "onnx-near score models/cnn.onnx" in first and "python -m pytest -q" in first
     for link in re.findall(r"\]\((docs/[^)#]+)\)", README):
         assert (ROOT / link).exists(), link
+
+
+def test_readme_python_examples_run() -> None:
+    """The README's Python blocks, in order, as one script run from the repository root."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert len(blocks) >= 2
+    r = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""Static checks run with the tests: the package is fully typed (mypy --strict) and lint-clean (ruff)."""
+"""Static checks run with the tests: the package and the tests are fully typed (mypy --strict)
+and lint-clean (ruff)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_mypy_strict() -> None:
     """mypy --strict (configured in pyproject.toml) finds no issue in onnx_near/."""
     r = _run("mypy")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_tests() -> None:
+    """The tests are typed too: mypy --strict, and the few checks more that pyproject.toml
+    asks of them (unreachable code, redundant expressions, ignores without a code…), finds
+    no issue in tests/."""
+    r = _run("mypy", "tests")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -113,7 +113,8 @@ def test_a_gate_after_global_pooling_is_input_limited_not_collapsed(tmp_path: Pa
     gate = next(v for v in r.layers if v.name == "se_gate")
     assert gate.rank_ratio < 0.05 and gate.feed_erank is not None and gate.feed_erank < 3
     assert r.passed, r.findings
-    assert [n.rule for n in gate.notes] == ["input-limited"] and gate.notes[0].value >= VetChecks().min_kept
+    kept = gate.notes[0].value
+    assert [n.rule for n in gate.notes] == ["input-limited"] and kept is not None and kept >= VetChecks().min_kept
     fc = next(v for v in r.layers if v.name == "se_fc")
     assert fc.feed is not None and fc.feed.startswith("flatten")  # the pooled vector, flattened
 

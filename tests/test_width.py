@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def test_fit_recovers_known_parameters() -> None:
     alpha, gamma = 0.05, -0.6
     beta = 1 - alpha  # so that f(1) = 1, as the prepended point says
     widths = np.array([4, 8, 16, 32, 64, 128, 256])
-    fit = fit_power_law(widths, alpha + beta * widths**gamma)
+    fit = fit_power_law(widths.tolist(), (alpha + beta * widths**gamma).tolist())
     assert (fit.alpha, fit.beta, fit.gamma) == pytest.approx((alpha, beta, gamma), rel=1e-5)
     assert fit.r2 == pytest.approx(1.0)
 
@@ -38,14 +39,22 @@ def test_estimate_closed_forms() -> None:
 
 
 def test_built_mlp_and_estimate(tmp_path: Path) -> None:
-    """The estimate runs end to end on generated data and lands inside the candidate range."""
+    """The estimate runs end to end on generated data: each width's layer score is a mean of
+    eranks of w columns (between 1 and w), the relative scores are those over the width, the
+    fit is the fit of those points, and the estimates are the fit's closed forms."""
     x = np.random.default_rng(0).standard_normal((600, 20)).astype(np.float32)
     m = build_mlp(20, [16], 3, "silu")
     assert [n.op_type for n in m.graph.node].count("Gemm") == 2
     e = estimate_width(x, 20, 3, [4, 8, 16, 32, 64, 128], activation="silu")
     assert e.relative_scores[0] > e.relative_scores[-1]
-    assert 4 <= e.estimate <= 10_000
-    d = e.to_dict()
+    assert e.widths == (4, 8, 16, 32, 64, 128) and all(1 <= s <= w for s, w in zip(e.layer_scores, e.widths))
+    assert e.relative_scores == pytest.approx([s / w for s, w in zip(e.layer_scores, e.widths)], rel=1e-12)
+    f = fit_power_law(e.widths, e.relative_scores)
+    assert (e.fit.alpha, e.fit.beta, e.fit.gamma, e.fit.r2) == pytest.approx((f.alpha, f.beta, f.gamma, f.r2), rel=1e-9)
+    g = e.fit.gamma
+    assert e.estimate == pytest.approx(e.threshold ** (1 / (g - 1)), rel=1e-12)  # s* = t^(1/(γ−1))
+    assert e.other == pytest.approx((e.threshold / abs(e.fit.beta * g)) ** (1 / (g - 1)), rel=1e-12)
+    d: dict[str, Any] = e.to_dict()
     assert d["estimate_width"] == math.ceil(e.estimate) and set(d["fit"]) == {"alpha", "beta", "gamma", "r2"}
 
 
