@@ -155,7 +155,7 @@ def case_models(cases: list[str], tmp: Path) -> Iterator[tuple[str, Path, Any, d
         x = vs_pytorch.make_data(case, model, vs_pytorch.window_size(case, geo, None))
         path = tmp / f"{case}.onnx"
         vs_pytorch.export(model, vs_pytorch.export_sample(vs_pytorch.to_torch(x)), path)
-        yield case, path, x, {"seed": 0}
+        yield case, path, x, {"seed": 0, "batchnorm": "running"}  # vs_pytorch's eval-mode cases
 
 
 def corpus_models() -> Iterator[tuple[str, Path, Any, dict[str, Any]]]:
@@ -165,7 +165,9 @@ def corpus_models() -> Iterator[tuple[str, Path, Any, dict[str, Any]]]:
     for rows in (None, "all"):
         for path in corpus.cases():
             golden = json.loads(path.read_text())
+            # the goldens are eval-mode (running statistics), and their data too small for --bn-batch
             options: dict[str, Any] = {"seed": 0} if rows is None else {"rows": rows}
+            options["batchnorm"] = "running"
             name = f"{corpus.case_id(path)}{'' if rows is None else ' (all rows)'}"
             yield name, path.parent / golden["model"], path.parent / golden["inputs"], options
 

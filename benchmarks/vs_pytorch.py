@@ -10,7 +10,7 @@ and scored three ways:
   block onnx-near used (row starts taken from one onnx-near result beforehand); then
   ``torch.linalg.svdvals`` (float32 or float64: the faster one that still agrees with
   onnx-near to 1e-4 relative), entropy in float64, sum;
-* **onnx-near in-process**: ``onnx_near.score(path, data=X, seed=0)``, session creation
+* **onnx-near in-process**: ``onnx_near.score(path, data=X, seed=0, batchnorm="running")``, session creation
   included, with its own split from ``result.timings``;
 * **whole process**: ``onnx-near score MODEL --data X.npy --format json`` against a
   standalone script doing the PyTorch way (imports and model construction included),
@@ -856,7 +856,8 @@ def bench_case(
 
     # One onnx-near result gives the rows; it also warms onnx-near up.
     t0 = time.perf_counter()
-    ref = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads, device=device)
+    # The PyTorch side runs in eval mode: BatchNorm on its running statistics, on both sides.
+    ref = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads, device=device, batchnorm="running")
     log(f"reference onnx-near score {ref.score:.6f} in {time.perf_counter() - t0:.1f} s")
     if device == "cuda" and ref.provider != "CUDAExecutionProvider":
         raise RuntimeError(f"{case}: onnx-near ran on {ref.provider}, not CUDA: is onnxruntime-gpu installed?")
@@ -954,7 +955,9 @@ def bench_case(
                 base_erank.append(te)
             else:
                 t0 = time.perf_counter()
-                res = onnx_near.score(onnx_path, data=x_np, seed=0, threads=threads, device=device)
+                res = onnx_near.score(
+                    onnx_path, data=x_np, seed=0, threads=threads, device=device, batchnorm="running"
+                )
                 near_t.append(time.perf_counter() - t0)
                 near_score = res.score
                 for k, v in res.timings.items():
