@@ -39,27 +39,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import itertools
 import math
 import multiprocessing as mp
+import sys
 import time
-import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trained_spaces import base_seed, digest, export, n_params, train_eval
+
 HERE = Path(__file__).resolve().parent
-OPSET = 17
-MAX_IR_VERSION = 10
 MAX_ONNX_BYTES = 200 * 1024
 MAX_PARAMS = 48_000  # 4 bytes each: keeps every exported search-space model under 200 KB
 N_SCORE = 512
@@ -158,8 +155,6 @@ def cnn(depth: int, channels: int, act: str, bn: bool, pool: bool, head: str) ->
     return nn.Sequential(*layers)
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def mlp_params(depth: int, width: int, bn: bool) -> int:
@@ -194,8 +189,6 @@ def apply_init(model: nn.Module, scheme: str) -> nn.Module:
     return model
 
 
-def base_seed(name: str) -> int:
-    return zlib.crc32(name.encode()) % 1_000_000
 
 
 def build(spec: dict) -> nn.Module:
@@ -204,11 +197,6 @@ def build(spec: dict) -> nn.Module:
     return cnn(spec["depth"], spec["width"], spec["activation"], spec["batchnorm"], spec["pool"], spec["head"])
 
 
-def digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().numpy().tobytes())
-    return h.hexdigest()
 
 
 def cost(spec: dict) -> float:
@@ -227,58 +215,8 @@ def cost(spec: dict) -> float:
 # ----------------------------------------------------------------------------- export / train
 
 
-def export(model: nn.Module, path: Path, x_check: torch.Tensor) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x_check[:2],),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            do_constant_folding=False,
-        )
-    proto = onnx.load(str(path))
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION
-        onnx.save(proto, str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    size = path.stat().st_size
-    assert size <= MAX_ONNX_BYTES, f"{path.name}: {size} bytes"
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for xb in (x_check, x_check[:3]):
-        got = sess.run(None, {"input": xb.numpy()})[0]
-        with torch.no_grad():
-            want = model(xb).numpy()
-        assert np.allclose(got, want, atol=1e-4, rtol=1e-4), f"{path.name}: onnxruntime != torch"
-    return size
 
 
-def train_eval(model: nn.Module, seed: int, data: tuple[torch.Tensor, ...]) -> float:
-    x_tr, y_tr, x_te, y_te = data
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(x_tr)
-    model.train()
-    for _ in range(EPOCHS):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, BATCH):
-            idx = perm[i : i + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x_tr[idx]), y_tr[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        pred = model(x_te).argmax(1)
-    return float((pred == y_te).double().mean())
 
 
 _DATA: tuple[torch.Tensor, ...] | None = None
@@ -300,7 +238,7 @@ def _train_task(task: tuple[dict, int, str | None]) -> tuple[str, int, float]:
     model = build(spec)
     if want is not None:
         assert digest(model) == want, f"{spec['name']}: seed 0 does not rebuild the exported weights"
-    return spec["name"], k, train_eval(model, seed, _DATA)
+    return spec["name"], k, train_eval(model, seed, _DATA, epochs=EPOCHS, batch=BATCH, lr=LR)
 
 
 # ----------------------------------------------------------------------------- search space / studies
@@ -411,7 +349,7 @@ def main() -> None:
         digests[spec["name"]] = digest(model)
         params[spec["name"]] = n_params(model)
         if spec["onnx"] is not None:
-            export(model, HERE / spec["onnx"], _DATA[2][:N_SCORE])
+            export(model, HERE / spec["onnx"], _DATA[2][:N_SCORE], MAX_ONNX_BYTES)
     t_export = time.perf_counter() - t0
     print(
         f"exported {sum(s['onnx'] is not None for s in space + acts + inits)} networks in {t_export:.0f} s", flush=True

@@ -35,27 +35,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import itertools
 import math
 import multiprocessing as mp
+import sys
 import time
-import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trained_spaces import base_seed, digest, export, n_params, train_eval
+
 HERE = Path(__file__).resolve().parent
-OPSET = 17
-MAX_IR_VERSION = 10
 N_SCORE = 512
 SIDE = 16
 
@@ -174,19 +171,10 @@ def cnn(spec: dict) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
-def base_seed(name: str) -> int:
-    return zlib.crc32(name.encode()) % 1_000_000
 
 
-def digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().numpy().tobytes())
-    return h.hexdigest()
 
 
 def cost(spec: dict) -> float:
@@ -202,56 +190,8 @@ def cost(spec: dict) -> float:
 # ----------------------------------------------------------------------------- export / train
 
 
-def export(model: nn.Module, path: Path, x_check: torch.Tensor) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x_check[:2],),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            do_constant_folding=False,
-        )
-    proto = onnx.load(str(path))
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION
-        onnx.save(proto, str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for xb in (x_check, x_check[:3]):
-        got = sess.run(None, {"input": xb.numpy()})[0]
-        with torch.no_grad():
-            want = model(xb).numpy()
-        assert np.allclose(got, want, atol=1e-4, rtol=1e-4), f"{path.name}: onnxruntime != torch"
-    return path.stat().st_size
 
 
-def train_eval(model: nn.Module, seed: int, data: tuple[torch.Tensor, ...]) -> float:
-    x_tr, y_tr, x_te, y_te = data
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(x_tr)
-    model.train()
-    for _ in range(EPOCHS):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, BATCH):
-            idx = perm[i : i + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x_tr[idx]), y_tr[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        pred = model(x_te).argmax(1)
-    return float((pred == y_te).double().mean())
 
 
 _DATA: tuple[torch.Tensor, ...] | None = None
@@ -274,7 +214,7 @@ def _train_task(task: tuple[dict, int, str | None]) -> tuple[str, int, float, fl
     model = cnn(spec)
     if want is not None:
         assert digest(model) == want, f"{spec['name']}: seed 0 does not rebuild the exported weights"
-    return spec["name"], k, train_eval(model, seed, _DATA), time.process_time() - t0
+    return spec["name"], k, train_eval(model, seed, _DATA, epochs=EPOCHS, batch=BATCH, lr=LR), time.process_time() - t0
 
 
 # ----------------------------------------------------------------------------- search space
