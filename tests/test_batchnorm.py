@@ -281,7 +281,11 @@ def test_command_defaults_follow_the_paper_except_vet(tmp_path: Path) -> None:
     assert rank == {"--batchnorm": "batch", "--bn-batch": 64}
     for command in ("score", "activations", "init", "width"):
         assert next(p.default for p in main.commands[command].params if p.opts[0] == "--batchnorm") == "batch"
-    assert next(p.default for p in main.commands["vet"].params if p.opts[0] == "--batchnorm") == "running"
+    # vet fixes the running statistics (the model as deployed): it offers no --batchnorm to ignore
+    assert not [p for p in main.commands["vet"].params if p.opts[0] in ("--batchnorm", "--bn-batch")]
+    out = cli.invoke(main, ["vet", str(CNN), "--format", "json", "-q", "--trusted"])
+    d = json.loads(out.output)
+    assert (d["batchnorm"], d["bn_batch"], d["batchnorms"]) == ("running", None, 2)
 
 
 def test_data_too_small_for_one_batch_is_refused_with_the_ways_out() -> None:

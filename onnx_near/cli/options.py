@@ -192,12 +192,12 @@ threads_option = click.option(
 )
 
 
-def scoring_options(default_repetitions: int = 1, default_batchnorm: str = "running") -> Callable[[F], F]:
+def scoring_options(default_repetitions: int = 1, default_batchnorm: str | None = "running") -> Callable[[F], F]:
     """The options that shape one NEAR computation (fields of ScoreConfig, built by
-    :func:`score_config`); ``default_batchnorm`` is the command's default statistics."""
+    :func:`score_config`); ``default_batchnorm`` is the command's default statistics (None:
+    a command that fixes them, ``vet``, has neither ``--batchnorm`` nor ``--bn-batch``)."""
     return options(
-        batchnorm_option(default_batchnorm),
-        bn_batch_option,
+        *((batchnorm_option(default_batchnorm), bn_batch_option) if default_batchnorm is not None else ()),
         data_option,
         shape_option,
         input_options,

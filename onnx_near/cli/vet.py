@@ -65,7 +65,7 @@ from .output import emit
     show_default=True,
     help="Fail a tap whose root-mean-square value is more than this many times its input's.",
 )
-@scoring_options()
+@scoring_options(default_batchnorm=None)  # the model as deployed: BatchNorm on its running statistics
 @trusted_option
 @format_option("table", "json")
 @output_options
