@@ -90,3 +90,13 @@ def test_no_module_over_450_lines() -> None:
         if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, long
+
+
+def test_one_version() -> None:
+    """The version a report and a results file record is the one the package is installed as."""
+    import re
+
+    from onnx_near.version import __version__
+
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), flags=re.M)
+    assert declared is not None and declared.group(1) == __version__
