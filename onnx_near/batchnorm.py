@@ -57,10 +57,15 @@ class BatchStatistics:
 
 def inference_batchnorms(index: GraphIndex) -> list[int]:
     """Indices of the nodes :func:`batch_statistics` rewrites: inference-form BatchNormalization."""
-    return [i for i, n in enumerate(index.nodes) if _rewritable(n) is None]
+    return [i for i, n in enumerate(index.nodes) if _rewritable(n, index) is None]
 
 
-def _rewritable(n: onnx.NodeProto) -> str | None:
+_FLOATS = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+
+
+def _rewritable(n: onnx.NodeProto, index: GraphIndex) -> str | None:
     """None when ``n`` is an inference-form BatchNormalization this pass rewrites, else why not
     (an empty string for a node that is not a BatchNormalization at all)."""
     if n.op_type != "BatchNormalization" or n.domain not in ("", "ai.onnx"):
@@ -71,6 +76,8 @@ def _rewritable(n: onnx.NodeProto) -> str | None:
         return "it normalises per activation (spatial=0), not per channel"
     if len(n.input) < 5 or not n.output or not n.output[0]:
         return "it does not have the five inputs and the output of BatchNormalization"
+    if _elem_type(index, n.input[0], n.input[1]) not in _FLOATS:  # a broken file: onnxruntime refuses it
+        return "its input is not a floating-point tensor"
     return None
 
 
@@ -82,7 +89,7 @@ def batch_statistics(model: onnx.ModelProto) -> BatchStatistics:
     targets = set(inference_batchnorms(index))
     kept = []
     for n in index.nodes:
-        why = _rewritable(n)
+        why = _rewritable(n, index)
         if why:
             kept.append(f"{n.name or n.output[0]!r}: {why}")
             log.info("BatchNormalization %r keeps its own statistics: %s", n.name or n.output[0], why)

@@ -301,3 +301,25 @@ def test_data_too_small_for_one_batch_is_refused_with_the_ways_out() -> None:
     assert "--bn-batch 32" in lines[0] and "--batchnorm running" in lines[0], lines
     for way in (["--bn-batch", "32"], ["--batchnorm", "running"]):
         assert CliRunner().invoke(main, [*args, *way]).exit_code == 0, way
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.STRING, TensorProto.INT64])
+def test_a_batchnorm_whose_input_is_not_float_is_left_to_onnxruntime(tmp_path: Path, elem_type: int) -> None:
+    """Found by the fuzzing campaign on this round's code (seeds 205991, 208694: the model's
+    input type mutated): the batch-statistics pass wrote the BatchNorm's epsilon in the input's
+    element type, a string, and failed (exit 3).  A BatchNorm reading a non-float tensor is now
+    left as it is, and the broken file is refused in one sentence."""
+    g = Graph()
+    x = g.input("x", ["N", 4])
+    w = g.const(np.eye(4), "w")
+    bn = g.op("BatchNormalization", x, *(g.const(np.full(4, v), f"bn{k}") for k, v in enumerate((1.0, 0.0, 0.0, 1.0))))
+    g.output(g.op("Relu", g.op("Gemm", bn, w), out="y"), ["N", 4])
+    m = g.model(infer=False)
+    assert len(inference_batchnorms(GraphIndex(m))) == 1  # a float input: rewritten
+    m.graph.input[0].type.tensor_type.elem_type = elem_type
+    index = GraphIndex(m)
+    assert inference_batchnorms(index) == []
+    assert batch_statistics(m).model is m
+    r = CliRunner().invoke(main, ["score", str(save(m, tmp_path / "m.onnx")), "--trusted", "-q"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("onnx-near: error: "), r.stderr
