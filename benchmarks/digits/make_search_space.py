@@ -155,8 +155,6 @@ def cnn(depth: int, channels: int, act: str, bn: bool, pool: bool, head: str) ->
     return nn.Sequential(*layers)
 
 
-
-
 def mlp_params(depth: int, width: int, bn: bool) -> int:
     return sum(p.numel() for p in mlp([width] * depth, "relu", bn).parameters())
 
@@ -189,14 +187,10 @@ def apply_init(model: nn.Module, scheme: str) -> nn.Module:
     return model
 
 
-
-
 def build(spec: dict) -> nn.Module:
     if spec["family"] == "mlp":
         return apply_init(mlp(spec["widths"], spec["activation"], spec["batchnorm"]), spec.get("init", "default"))
     return cnn(spec["depth"], spec["width"], spec["activation"], spec["batchnorm"], spec["pool"], spec["head"])
-
-
 
 
 def cost(spec: dict) -> float:
@@ -212,11 +206,7 @@ def cost(spec: dict) -> float:
     return total
 
 
-# ----------------------------------------------------------------------------- export / train
-
-
-
-
+# ----------------------------------------------------------------------------- training workers
 
 
 _DATA: tuple[torch.Tensor, ...] | None = None

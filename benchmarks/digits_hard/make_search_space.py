@@ -171,12 +171,6 @@ def cnn(spec: dict) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-
-
-
-
-
-
 def cost(spec: dict) -> float:
     """Rough training cost (MACs of one sample plus a per-layer overhead), only to hand out the
     longest runs first."""
@@ -187,11 +181,7 @@ def cost(spec: dict) -> float:
     return total
 
 
-# ----------------------------------------------------------------------------- export / train
-
-
-
-
+# ----------------------------------------------------------------------------- training workers
 
 
 _DATA: tuple[torch.Tensor, ...] | None = None
