@@ -333,7 +333,7 @@ class _Builder:
         view = without_weights(model)
         g = view.graph
         del g.node[:]
-        g.node.extend(_topological(self.nodes, {v.name for v in g.input} | {t.name for t in g.initializer}))
+        g.node.extend(_after_their_inputs(self.nodes, {v.name for v in g.input} | {t.name for t in g.initializer}))
         if self.flat:
             g.initializer.append(helper.make_tensor(self.flat, onnx.TensorProto.INT64, [1], [-1]))
         outputs = list(g.output)
@@ -366,7 +366,7 @@ def _params(n: onnx.NodeProto) -> tuple[str, str]:
     return (n.input[1] if len(n.input) > 1 else "", n.input[2] if len(n.input) > 2 else "")
 
 
-def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+def _after_their_inputs(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """``nodes`` in an order where each comes after the nodes writing its inputs, otherwise
     as given (the view writes a bias's flattening where the layer is, which may come before
     the graph's node making that bias)."""

@@ -199,7 +199,7 @@ def _check_graph(proto: onnx.ModelProto, name: str) -> None:
                 raise ModelLoadError(
                     f"{name!r} is broken: node {n.name or n.op_type!r} reads tensor {x!r}, which no node, input or initializer provides"
                 )
-    order = _topological(g, available)
+    order = topological_nodes(g, available)
     if len(order) < len(g.node):
         stuck = [n.name or n.op_type for n in g.node if id(n) not in {id(m) for m in order}]
         raise ModelLoadError(
@@ -295,7 +295,7 @@ def _repeated(fd: FieldDescriptor) -> bool:
     return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
-def _topological(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:
+def topological_nodes(g: onnx.GraphProto, available: set[str]) -> list[onnx.NodeProto]:
     """The nodes in an order where each comes after the producers of its inputs (Kahn's
     algorithm, linear in nodes and edges; ties keep the file's order).  Nodes on a cycle, or
     reading a tensor nothing makes, are left out: the caller reports them."""

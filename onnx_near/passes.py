@@ -34,7 +34,7 @@ from .dequantise import dequantise_taps
 from .errors import GraphError, NearError
 from .float_view import float_view
 from .graph import GraphIndex, without_weights
-from .load import _topological
+from .load import topological_nodes
 from .taps import TapPlan, Untappable, plan_taps
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def topological_order(model: onnx.ModelProto) -> list[onnx.NodeProto] | None:
     refuses — keep their place after all the others."""
     g = model.graph
     available = {v.name for v in g.input} | {t.name for t in g.initializer} | {""}
-    order = _topological(g, available)
+    order = topological_nodes(g, available)
     placed = {id(n) for n in order}
     order += [n for n in g.node if id(n) not in placed]
     return None if all(a is b for a, b in zip(order, g.node)) else order

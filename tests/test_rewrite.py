@@ -288,7 +288,7 @@ def test_cut_windows_gives_every_tap_an_output() -> None:
 
 
 BREAK = {  # what each pass calls, to make it fail
-    "sort_nodes": (passes, "_topological"),
+    "sort_nodes": (passes, "topological_nodes"),
     "inline_functions": (passes, "inline_functions"),
     "decide_ifs": (passes, "resolve_ifs"),
     "defuse": (passes, "defuse_contrib_ops"),
