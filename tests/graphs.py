@@ -157,6 +157,27 @@ def memory_bomb(kind: str, shape: tuple[int, ...] = (768, 1024, 1024)) -> onnx.M
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
+def loop_body() -> onnx.GraphProto:
+    """A Loop body carrying v through MatMul (by the outer-scope weight "wb") and Tanh."""
+    return helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["v_in", "wb"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+
+
 def save(m: onnx.ModelProto, path: Path) -> Path:
     """Write ``m`` to ``path`` and return the path."""
     onnx.save(m, str(path))

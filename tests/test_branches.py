@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from graphs import IR_VERSION, Graph, assert_scored, save
+from graphs import IR_VERSION, Graph, assert_scored, loop_body, save
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_near
@@ -278,23 +278,7 @@ def test_branch_names_that_collide_with_the_main_graph() -> None:
 def test_a_loop_body_keeps_its_entry_and_the_error_says_why() -> None:
     """All layers in a Loop body: NoTapsError says they are there and why they are not scored,
     never that the model has no weighted layer."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["v_in", "wb"], ["m"]),
-            helper.make_node("Tanh", ["m"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-        ],
-    )
+    body = loop_body()
     g = Graph()
     g.const(np.random.default_rng(5).standard_normal((D_IN, D_IN)), "wb")
     trips = g.const(np.array(3, np.int64), "trips", dtype=np.int64)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphs import Graph, add_only, mlp, save
+from graphs import Graph, add_only, loop_body, mlp, save
 
 import onnx_near
 from onnx_near.errors import InputDataError, NoTapsError
@@ -139,25 +139,9 @@ def test_axis_override(tmp_path: Path) -> None:
 
 def test_loop_body_is_reported_and_the_rest_scored(tmp_path: Path) -> None:
     """Tensors inside a Loop body cannot be tapped: they are listed as skipped; the main graph is scored."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["v_in", "wb"], ["m"]),
-            helper.make_node("Tanh", ["m"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-        ],
-    )
+    body = loop_body()
     g = Graph()
     h = g.op("Relu", g.op("Gemm", g.input("x", ["N", 6]), g.weight(6, 8)))
     g.const(np.random.default_rng(5).standard_normal((8, 8)), "wb")
