@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -385,3 +386,61 @@ def test_rank_scores_every_model_in_the_sandbox_one_bad_model_one_row(tmp_path: 
     rows = {Path(m["model"]).name: m for m in json.loads(r.stdout)["models"]}
     assert rows["b.onnx"]["error"] and "--max-memory" in rows["b.onnx"]["error"]
     assert rows["a.onnx"]["error"] is None and rows["c.onnx"]["error"] is None
+
+
+def _untyped_axis(tmp_path: Path) -> list[str]:
+    """A LayerNormalization whose axis attribute has no type (fuzzing seed 167646)."""
+    m = mlp(act="Relu")
+    ln = helper.make_node("LayerNormalization", ["y", "ln_s"], ["z"], name="ln")
+    ln.attribute.append(onnx.AttributeProto(name="axis"))
+    m.graph.node.append(ln)
+    m.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "ln_s"))
+    m.graph.output[0].name = "z"
+    return ["score", str(save(m, tmp_path / "m.onnx"))]
+
+
+def _batchnorm_on_strings(tmp_path: Path) -> list[str]:
+    """A BatchNormalization reading a string input (fuzzing seeds 205991, 208694)."""
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["h"]),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.full(4, f, np.float32), n) for n, f in zip("sbmv", (1.0, 0.0, 0.0, 1.0))]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return ["score", str(save(m, tmp_path / "m.onnx"))]
+
+
+ROUND_FIVE_ERRORS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
+    "too little data for a BatchNorm batch": (
+        lambda _: ["score", "models/cnn.onnx", "--data", "models/cnn.inputs.npz"],
+        ("cannot fill one forward pass of --bn-batch 64", "--bn-batch 32"),
+    ),
+    "a negative vet threshold": (
+        lambda _: ["vet", "models/vet/healthy.onnx", "--max-gain", "-1"],
+        ("--max-gain must be a finite number of at least 0",),
+    ),
+    "an untyped integer attribute": (_untyped_axis, ()),
+    "a BatchNorm on strings": (_batchnorm_on_strings, ()),
+}
+
+
+@pytest.mark.parametrize("case", ROUND_FIVE_ERRORS)
+def test_this_rounds_errors_are_one_sentence_on_file_descriptor_2(tmp_path: Path, case: str) -> None:
+    """The refusals added this round, through the real CLI and its sandbox: one sentence and
+    exit 2 on stderr as the operating system sees it (onnxruntime's own log included)."""
+    make, says = ROUND_FIVE_ERRORS[case]
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])  # the shipped models' relative paths
+    try:
+        code, lines, _, _ = _cli(*make(tmp_path))
+    finally:
+        os.chdir(cwd)
+    assert code == 2, lines
+    _one_sentence(lines, *says)
